@@ -1,0 +1,44 @@
+# Every target does the setup it needs: `make demo` and `make test` work on a fresh machine.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+DEPS    := $(VENV)/.deps-stamp
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh') setup.py
+BUILT   := gsplat_kit/_build_info.json
+PYTEST_ARGS ?=
+
+.PHONY: setup build demo test bench clean browser
+
+setup: build
+
+# torch==2.14.1 is the CUDA 13 build that pip takes from the local wheel cache; the rest is pinned.
+$(DEPS): requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -r requirements.txt
+	GSPLAT_KIT_SKIP_EXT=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+# The native module is built in place (ninja, incremental); flock serialises concurrent builds.
+$(BUILT): $(DEPS) $(SOURCES)
+	flock .build.lock $(PY) setup.py -q build_ext --inplace
+	$(PY) -c "import gsplat_kit._backend as b; print(b.describe())"
+
+build: $(BUILT)
+
+# Headless Chromium for the viewer's browser tests (Debian package).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+demo: build
+	$(PY) scripts/demo.py
+
+test: build browser
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+bench: build
+	$(PY) -m pip install -q -r requirements-bench.txt
+	$(PY) scripts/bench_raster.py $(BENCH_ARGS)
+
+clean:
+	rm -rf build gsplat_kit/_C*.so $(BUILT)

@@ -1,0 +1,52 @@
+"""The `gsplat-kit` command: `gsplat-kit <verb> --help`.
+
+Each verb lives beside the code it drives: a module with `register(subparsers)` that adds its parser
+and sets `func`. Those modules keep heavy imports (torch, diffusers) inside their handlers so that
+`--help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb modules, in the order --help lists them
+_VERB_MODULES = [
+    "gsplat_kit.sfm.cli",        # sfm
+    "gsplat_kit.train.cli",      # train, eval, render, export
+    "gsplat_kit.viewer.cli",     # view
+    "gsplat_kit.edit.cli",       # edit, invert, pnp
+    "gsplat_kit.synth.cli",      # synthesize, distill, train-teacher
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gsplat-kit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"gsplat_kit {__import__('gsplat_kit').__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="<verb>")
+    for name in _VERB_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue  # a component not present in this checkout
+        mod.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

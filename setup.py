@@ -1,0 +1,107 @@
+"""Builds the one native module, gsplat_kit._C.
+
+C++ CPU kernels (OpenMP) are always built. CUDA kernels are added when the installed torch is a
+CUDA build (torch.version.cuda) *and* nvcc is found; set GSPLAT_KIT_NO_CUDA=1 to build CPU only.
+Target GPU architectures: TORCH_CUDA_ARCH_LIST (torch's own variable) or GSPLAT_KIT_CUDA_ARCH,
+default below. A hash of every source file is written to gsplat_kit/_build_info.json so that
+gsplat_kit._backend can tell a stale build from a fresh one.
+"""
+import glob
+import hashlib
+import json
+import os
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+# Turing .. Blackwell; the +PTX entry lets newer GPUs JIT the kernels.
+DEFAULT_CUDA_ARCH = "7.5;8.0;8.6;8.9;9.0;12.0+PTX"
+
+
+def source_files():
+    """Every native source, sorted: the same list feeds the build and the staleness hash."""
+    pats = ["csrc/**/*.cpp", "csrc/**/*.cu", "csrc/**/*.h", "csrc/**/*.cuh"]
+    return sorted({os.path.relpath(f, ROOT) for p in pats for f in glob.glob(os.path.join(ROOT, p), recursive=True)})
+
+
+def sources_hash(files):
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.encode())
+        with open(os.path.join(ROOT, f), "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()
+
+
+def want_cuda():
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if os.environ.get("GSPLAT_KIT_NO_CUDA", "0") not in ("", "0"):
+        return False, "GSPLAT_KIT_NO_CUDA is set"
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is a CPU-only build"
+    if CUDA_HOME is None or not os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        return False, "nvcc not found (set CUDA_HOME)"
+    return True, f"torch CUDA {torch.version.cuda}, nvcc in {CUDA_HOME}"
+
+
+def make_extension():
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    files = source_files()
+    cuda, why = want_cuda()
+    print(f"[gsplat_kit] CUDA kernels: {'yes' if cuda else 'no'} ({why})")
+    cpp = [f for f in files if f.endswith(".cpp")]
+    cu = [f for f in files if f.endswith(".cu")]
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno"]
+    define = [("GSPLAT_KIT_WITH_CUDA", "1" if cuda else "0")]
+    if cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("GSPLAT_KIT_CUDA_ARCH", DEFAULT_CUDA_ARCH))
+        print(f"[gsplat_kit] CUDA architectures: {os.environ['TORCH_CUDA_ARCH_LIST']}")
+        nvcc = ["-O3", "-std=c++20", "--use_fast_math", "--expt-relaxed-constexpr", "-lineinfo"]
+        return CUDAExtension(
+            "gsplat_kit._C", cpp + cu, include_dirs=[os.path.join(ROOT, "csrc", "include")],
+            define_macros=define, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"],
+        ), files
+    return CppExtension(
+        "gsplat_kit._C", cpp, include_dirs=[os.path.join(ROOT, "csrc", "include")],
+        define_macros=define, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
+    ), files
+
+
+def write_build_info(files):
+    info = {"sources_sha256": sources_hash(files)}
+    tmp = os.path.join(ROOT, "gsplat_kit", "_build_info.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, os.path.join(ROOT, "gsplat_kit", "_build_info.json"))
+
+
+def main():
+    from torch.utils.cpp_extension import BuildExtension
+
+    # GSPLAT_KIT_SKIP_EXT=1: package metadata only (the Makefile's editable install; the module is
+    # then built in place by `setup.py build_ext --inplace`, incrementally).
+    skip = os.environ.get("GSPLAT_KIT_SKIP_EXT", "0") not in ("", "0")
+    ext, files = (None, []) if skip else make_extension()
+
+    class Build(BuildExtension):
+        def run(self):
+            super().run()
+            write_build_info(files)
+
+    setup(
+        name="gsplat_kit",
+        version="0.1.0",
+        description="CUDA-accelerated 3D Gaussian Splatting, Prompt-to-Prompt editing and data-free synthesis",
+        packages=find_packages(include=["gsplat_kit", "gsplat_kit.*"]),
+        python_requires=">=3.10",
+        ext_modules=[] if skip else [ext],
+        cmdclass={"build_ext": Build.with_options(use_ninja=True)},
+        entry_points={"console_scripts": ["gsplat-kit=gsplat_kit.cli:main"]},
+    )
+
+
+if __name__ == "__main__":
+    main()
