@@ -87,6 +87,12 @@ def main():
     ext, files = (None, []) if skip else make_extension()
 
     class Build(BuildExtension):
+        def finalize_options(self):
+            super().finalize_options()
+            # Separate object folders for CPU-only and CUDA builds, so switching does not rebuild all.
+            cuda_on = ext is not None and any(s.endswith(".cu") for s in ext.sources)
+            self.build_temp = os.path.join(ROOT, "build", "cuda" if cuda_on else "cpu")
+
         def run(self):
             super().run()
             write_build_info(files)
