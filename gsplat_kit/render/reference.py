@@ -97,9 +97,9 @@ def project(means, covars3d, viewmats, Ks, width, height, eps2d=0.3, near_plane=
     with torch.no_grad():
         rx = torch.ceil(3.0 * torch.sqrt(torch.clamp_min(a, 0.0)))
         ry = torch.ceil(3.0 * torch.sqrt(torch.clamp_min(c, 0.0)))
-        valid &= (rx > radius_clip) | (ry > radius_clip)
+        valid = valid & ((rx > radius_clip) | (ry > radius_clip))
         mx, my = means2d[..., 0], means2d[..., 1]
-        valid &= (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
+        valid = valid & (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
         radii = torch.where(valid[..., None], torch.stack([rx, ry], -1), 0.0).to(torch.int32)
     keep = valid[..., None]
     return (radii, torch.where(keep, means2d, 0.0), torch.where(valid, depths, 0.0),
