@@ -33,24 +33,41 @@ def sources_hash(files):
     return h.hexdigest()
 
 
+def find_cuda_home():
+    """A toolkit folder with bin/nvcc *and* the headers: $CUDA_HOME, $CUDA_PATH, /usr/local/cuda, or
+    the one above the nvcc on PATH. (A wrapper script on PATH, as on some machines, would otherwise make
+    torch guess a folder without headers.)"""
+    import shutil
+
+    on_path = shutil.which("nvcc")
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    if on_path:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(on_path))))
+    for c in candidates:
+        if c and os.path.exists(os.path.join(c, "bin", "nvcc")) and os.path.exists(os.path.join(c, "include", "cuda_runtime_api.h")):
+            return c
+    return None
+
+
 def want_cuda():
     import torch
-    from torch.utils.cpp_extension import CUDA_HOME
 
     if os.environ.get("GSPLAT_KIT_NO_CUDA", "0") not in ("", "0"):
         return False, "GSPLAT_KIT_NO_CUDA is set"
     if torch.version.cuda is None:
         return False, f"torch {torch.__version__} is a CPU-only build"
-    if CUDA_HOME is None or not os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
-        return False, "nvcc not found (set CUDA_HOME)"
-    return True, f"torch CUDA {torch.version.cuda}, nvcc in {CUDA_HOME}"
+    home = find_cuda_home()
+    if home is None:
+        return False, "nvcc and the CUDA headers not found (set CUDA_HOME)"
+    os.environ["CUDA_HOME"] = home  # read by torch.utils.cpp_extension when first imported
+    return True, f"torch CUDA {torch.version.cuda}, CUDA toolkit in {home}"
 
 
 def make_extension():
-    from torch.utils.cpp_extension import CppExtension, CUDAExtension
-
     files = source_files()
     cuda, why = want_cuda()
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
     print(f"[gsplat_kit] CUDA kernels: {'yes' if cuda else 'no'} ({why})")
     cpp = [f for f in files if f.endswith(".cpp")]
     cu = [f for f in files if f.endswith(".cu")]
@@ -59,7 +76,7 @@ def make_extension():
     if cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("GSPLAT_KIT_CUDA_ARCH", DEFAULT_CUDA_ARCH))
         print(f"[gsplat_kit] CUDA architectures: {os.environ['TORCH_CUDA_ARCH_LIST']}")
-        nvcc = ["-O3", "-std=c++20", "--use_fast_math", "--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
         return CUDAExtension(
             "gsplat_kit._C", cpp + cu, include_dirs=[os.path.join(ROOT, "csrc", "include")],
             define_macros=define, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"],
@@ -79,12 +96,11 @@ def write_build_info(files):
 
 
 def main():
-    from torch.utils.cpp_extension import BuildExtension
-
     # GSPLAT_KIT_SKIP_EXT=1: package metadata only (the Makefile's editable install; the module is
     # then built in place by `setup.py build_ext --inplace`, incrementally).
     skip = os.environ.get("GSPLAT_KIT_SKIP_EXT", "0") not in ("", "0")
     ext, files = (None, []) if skip else make_extension()
+    from torch.utils.cpp_extension import BuildExtension
 
     class Build(BuildExtension):
         def finalize_options(self):

@@ -6,8 +6,8 @@
 #include "kernels.h"
 
 #if GSPLAT_KIT_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#define GK_STREAM (void*)at::cuda::getCurrentCUDAStream().stream()
+#include <c10/cuda/CUDAStream.h>
+#define GK_STREAM (void*)c10::cuda::getCurrentCUDAStream().stream()
 #endif
 
 namespace {
@@ -229,6 +229,7 @@ std::vector<Tensor> rasterize_fwd(Tensor means2d, Tensor conics, Tensor colors, 
         using S = scalar_t;
         if (means2d.is_cuda()) {
 #if GSPLAT_KIT_WITH_CUDA
+            TORCH_CHECK(D <= 32, "rasterize: the CUDA kernels take at most 32 channels, got ", D);
             gk::rasterize_fwd_cuda<S>(g, int(D), means2d.data_ptr<S>(), conics.data_ptr<S>(), colors.data_ptr<S>(),
                                       opacities.data_ptr<S>(), ptr_or_null<S>(backgrounds), isect_offsets.data_ptr<int32_t>(),
                                       flatten_ids.data_ptr<int32_t>(), n, out_colors.data_ptr<S>(), out_alphas.data_ptr<S>(),
@@ -264,6 +265,7 @@ std::vector<Tensor> rasterize_bwd(Tensor means2d, Tensor conics, Tensor colors, 
         S* abs_ptr = absgrad ? v_abs.data_ptr<S>() : nullptr;
         if (means2d.is_cuda()) {
 #if GSPLAT_KIT_WITH_CUDA
+            TORCH_CHECK(D <= 32, "rasterize: the CUDA kernels take at most 32 channels, got ", D);
             gk::rasterize_bwd_cuda<S>(g, int(D), means2d.data_ptr<S>(), conics.data_ptr<S>(), colors.data_ptr<S>(),
                                       opacities.data_ptr<S>(), ptr_or_null<S>(backgrounds), isect_offsets.data_ptr<int32_t>(),
                                       flatten_ids.data_ptr<int32_t>(), n, render_alphas.data_ptr<S>(), last_ids.data_ptr<int32_t>(),
