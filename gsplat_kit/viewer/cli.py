@@ -1,0 +1,48 @@
+"""`gsplat-kit view PATH`: the real-time web viewer."""
+from __future__ import annotations
+
+import sys
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "view", help="open a .ply, checkpoint or run folder in the web viewer",
+        description="Serves a web viewer (viser) for a 3DGS .ply (any tool's), a gsplat_kit checkpoint, or a "
+                    "run folder (point_cloud.ply + config.json, or the original 3DGS output layout). Prints the "
+                    "URL; stop with Ctrl+C.")
+    p.add_argument("path", help=".ply, checkpoint (.pt) or run folder")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; the next free one if taken; 0: any)")
+    p.add_argument("--renderer", choices=("client", "server"), default=None,
+                   help="initial rendering path (default: server with CUDA, else client); switchable in the page")
+    p.add_argument("--device", default=None, help="device for server-side rendering (default: cuda if available)")
+    p.add_argument("--max-resolution", type=int, default=1280, help="longest side of server-rendered frames")
+    p.add_argument("--client-budget", type=int, default=1_000_000,
+                   help="most Gaussians sent to the browser for WebGL splatting (the most visible ones)")
+    p.set_defaults(func=_view)
+
+
+def _view(args) -> int:
+    import time
+
+    from gsplat_kit.viewer.app import ViewerApp
+
+    try:
+        app = ViewerApp(args.host, args.port, render_path=args.renderer, device=args.device,
+                        client_budget=args.client_budget, max_resolution=args.max_resolution)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: could not start the viewer: {e}", file=sys.stderr)
+        return 2
+    app.gui_path.value = args.path
+    print(f"gsplat_kit viewer: {app.url}  (Ctrl+C to stop)", flush=True)
+    # The page is live while the scene loads; a bad file is reported and the server keeps running
+    # (fix the file or type another path in the page's Scene panel).
+    app.load(args.path)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.close()
+    return 0

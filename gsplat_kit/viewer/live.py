@@ -1,0 +1,87 @@
+"""`LiveViewer`: the viewer following a training run (`gsplat-kit train --viewer`).
+
+The trainer owns the splats and mutates them in place (and replaces them on densification). The viewer
+only reads them inside `update()`, on the trainer's thread, where it copies a detached snapshot at a
+throttled rate; render threads then work on the snapshot, never on tensors the optimiser is writing.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from gsplat_kit.viewer.app import ViewerApp
+
+
+class LiveViewer:
+    """Web viewer for a training run, with pause/resume, step, loss and Gaussian count.
+
+    LiveViewer(splats, views=None, host="127.0.0.1", port=8080, min_interval=1.0, **app_kwargs)
+    """
+
+    def __init__(self, splats: dict, views=None, host: str = "127.0.0.1", port: int = 8080,
+                 min_interval: float = 1.0, **app_kwargs):
+        self.splats = splats
+        self.min_interval = float(min_interval)
+        self.app = ViewerApp(host, port, title="gsplat_kit training", **app_kwargs)
+        self.url = self.app.url
+        self._resume = threading.Event()
+        self._resume.set()
+        self._last_push = 0.0
+        self.snapshots = 0
+        gui = self.app.server.gui
+        with gui.add_folder("Training", order=-1):
+            self.gui_stats = gui.add_markdown("step – · loss – · – Gaussians")
+            self.gui_pause = gui.add_button("Pause training", icon=None)
+        self.gui_pause.on_click(lambda _: self.resume() if self.paused else self.pause())
+        self.app.set_scene(self._snapshot(), views, label="training (live)")
+        print(f"viewer: {self.url}", flush=True)
+
+    @property
+    def paused(self) -> bool:
+        return not self._resume.is_set()
+
+    def pause(self):
+        self._resume.clear()
+        self.gui_pause.label = "Resume training"
+        self.gui_stats.content = self.gui_stats.content.split("  \n")[0] + "  \n**paused**"
+
+    def resume(self):
+        self._resume.set()
+        self.gui_pause.label = "Pause training"
+
+    def wait_if_paused(self, poll: float = 0.1):
+        """Blocks while the user has paused training in the page."""
+        while not self._resume.wait(timeout=poll):
+            pass
+
+    def _snapshot(self) -> dict:
+        with torch.no_grad():
+            return {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in self.splats.items()
+                    if isinstance(v, torch.Tensor)}
+
+    def update(self, step: int, loss: float, num_gaussians: int | None = None):
+        """Updates the readout; re-sends the scene at most every `min_interval` s, and only to open pages."""
+        if num_gaussians is None:
+            num_gaussians = int(self.splats["means"].shape[0])
+        now = time.time()
+        if now - self._last_push < self.min_interval:
+            return
+        self._last_push = now
+        self.gui_stats.content = f"step **{step:,}** · loss **{loss:.4f}** · **{num_gaussians:,}** Gaussians" + (
+            "  \n**paused**" if self.paused else "")
+        if not self.app.streams():   # nobody is watching: skip the copy and the upload
+            return
+        self.snapshots += 1
+        self.app.set_scene(self._snapshot(), None, label=f"training (live, step {step})", reset_camera=False)
+
+    def close(self):
+        self._resume.set()
+        self.app.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

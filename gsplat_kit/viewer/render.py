@@ -1,0 +1,114 @@
+"""Server-side rendering for the viewer: one camera through `gsplat_kit.rasterization` to an RGB image."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+
+import numpy as np
+import torch
+
+RENDER_MODES = ("RGB", "Depth", "Alpha")
+
+# A perceptual colour map for depth (anchors of matplotlib's "turbo", linearly interpolated).
+_TURBO = np.array([
+    [0.190, 0.072, 0.232], [0.276, 0.421, 0.891], [0.158, 0.736, 0.923], [0.197, 0.949, 0.595],
+    [0.644, 0.990, 0.234], [0.933, 0.812, 0.230], [0.984, 0.493, 0.128], [0.816, 0.185, 0.018],
+    [0.480, 0.016, 0.011]], dtype=np.float32)
+
+
+@dataclasses.dataclass
+class RenderSettings:
+    mode: str = "RGB"                         # RGB | Depth | Alpha
+    sh_degree: int = 3                        # clamped to what the scene holds
+    scale_modifier: float = 1.0               # multiplies every Gaussian's extent
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)  # RGB in [0, 1]
+
+
+def intrinsics(fov_y: float, width: int, height: int) -> np.ndarray:
+    """Pinhole K for a vertical field of view (viser's camera convention), square pixels."""
+    f = 0.5 * height / math.tan(0.5 * fov_y)
+    return np.array([[f, 0.0, 0.5 * width], [0.0, f, 0.5 * height], [0.0, 0.0, 1.0]])
+
+
+def colorize_depth(depth: np.ndarray, alpha: np.ndarray, background) -> np.ndarray:
+    """Depth -> turbo colours, normalised by the 2nd..98th percentile of covered pixels."""
+    valid = alpha > 0.5
+    out = np.empty(depth.shape + (3,), np.float32)
+    out[:] = np.asarray(background, np.float32)
+    if valid.any():
+        lo, hi = np.percentile(depth[valid], [2.0, 98.0])
+        t = np.clip((depth - lo) / max(hi - lo, 1e-8), 0.0, 1.0) * (len(_TURBO) - 1)
+        i0 = np.floor(t).astype(np.int64).clip(0, len(_TURBO) - 2)
+        w = (t - i0)[..., None]
+        cmap = _TURBO[i0] * (1 - w) + _TURBO[i0 + 1] * w
+        out[valid] = cmap[valid]
+    return out
+
+
+class SplatRenderer:
+    """Holds the activated Gaussians on the render device and renders camera poses.
+
+    Activation (normalise quats, exp scales, sigmoid opacities, concatenate SH) happens once per scene,
+    not per frame. Thread-safe: one render at a time.
+    """
+
+    def __init__(self, device: str | torch.device | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._lock = threading.Lock()
+        self._g = None
+        self.num_gaussians = 0
+        self.max_sh_degree = 0
+
+    def set_splats(self, splats: dict) -> None:
+        with torch.no_grad():
+            means = splats["means"].detach().to(self.device, torch.float32)
+            g = {
+                "means": means.contiguous(),
+                "quats": torch.nn.functional.normalize(splats["quats"].detach().to(self.device, torch.float32), dim=-1),
+                "scales": torch.exp(splats["scales"].detach().to(self.device, torch.float32)),
+                "opacities": torch.sigmoid(splats["opacities"].detach().to(self.device, torch.float32)),
+            }
+            sh0 = splats["sh0"].detach().to(self.device, torch.float32)
+            shn = splats.get("shN")
+            g["colors"] = sh0 if shn is None or shn.shape[1] == 0 else torch.cat(
+                [sh0, shn.detach().to(self.device, torch.float32)], 1)
+        with self._lock:
+            self._g = g
+            self.num_gaussians = int(means.shape[0])
+            self.max_sh_degree = int(round(math.sqrt(g["colors"].shape[1]))) - 1
+
+    @property
+    def ready(self) -> bool:
+        return self._g is not None
+
+    def render(self, camtoworld: np.ndarray, fov_y: float, width: int, height: int,
+               settings: RenderSettings) -> np.ndarray:
+        """Returns a uint8 [H, W, 3] image of the camera (OpenCV camera-to-world, vertical fov in radians)."""
+        from gsplat_kit import rasterization
+
+        with self._lock:
+            g = self._g
+            if g is None:
+                raise RuntimeError("no scene loaded")
+            dev = self.device
+            viewmat = torch.as_tensor(np.linalg.inv(np.asarray(camtoworld, np.float64)), dtype=torch.float32,
+                                      device=dev)[None]
+            K = torch.as_tensor(intrinsics(fov_y, width, height), dtype=torch.float32, device=dev)[None]
+            bg = torch.tensor([list(settings.background)], dtype=torch.float32, device=dev)
+            sh = int(min(max(settings.sh_degree, 0), self.max_sh_degree))
+            scales = g["scales"] if settings.scale_modifier == 1.0 else g["scales"] * float(settings.scale_modifier)
+            mode = {"RGB": "RGB", "Depth": "ED", "Alpha": "RGB"}[settings.mode]
+            with torch.no_grad():
+                colors, alphas, _ = rasterization(
+                    g["means"], g["quats"], scales, g["opacities"], g["colors"], viewmat, K, int(width), int(height),
+                    sh_degree=sh, backgrounds=bg if mode == "RGB" else None, render_mode=mode)
+            colors = colors[0].float().cpu().numpy()
+            alphas = alphas[0, ..., 0].float().cpu().numpy()
+        if settings.mode == "RGB":
+            img = colors
+        elif settings.mode == "Depth":
+            img = colorize_depth(colors[..., 0], alphas, settings.background)
+        else:
+            img = np.repeat(alphas[..., None], 3, axis=-1)
+        return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -1,0 +1,71 @@
+"""Synthetic Gaussian scenes for the viewer's tests and benchmark (no data or training needed)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from gsplat_kit.viewer.source import CameraView
+
+SH_C0 = 0.28209479177387814
+
+
+def sphere_splats(n: int = 4000, radius: float = 1.0, sh_degree: int = 0, seed: int = 0) -> dict:
+    """Opaque Gaussians tiling a sphere, coloured by their normal (0.5 + 0.5 n): every direction differs."""
+    g = torch.Generator().manual_seed(seed)
+    # Fibonacci sphere: even coverage, so no holes show the background
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    phi = torch.acos(1 - 2 * i / n)
+    theta = math.pi * (1 + 5 ** 0.5) * i
+    normals = torch.stack([torch.cos(theta) * torch.sin(phi), torch.sin(theta) * torch.sin(phi), torch.cos(phi)], -1)
+    means = (normals * radius).float()
+    spacing = radius * math.sqrt(4 * math.pi / n)
+    # flat discs in the tangent plane: the third axis (local z) is aligned with the normal
+    z = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(n, 3)
+    axis = torch.cross(z, normals, dim=-1)
+    s = axis.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    angle = torch.atan2(s[:, 0], (z * normals).sum(-1))
+    axis = axis / s
+    quats = torch.cat([torch.cos(angle / 2)[:, None], axis * torch.sin(angle / 2)[:, None]], -1).float()
+    scales = torch.log(torch.tensor([0.7 * spacing, 0.7 * spacing, 0.05 * spacing])).expand(n, 3).clone()
+    scales += 0.05 * torch.randn(n, 3, generator=g)
+    rgb = (0.5 + 0.5 * normals).float()
+    k = (sh_degree + 1) ** 2
+    return {
+        "means": means, "scales": scales.float(), "quats": quats,
+        "opacities": torch.full((n,), 4.0),                       # sigmoid(4) = 0.98
+        "sh0": ((rgb - 0.5) / SH_C0)[:, None, :],
+        "shN": 0.1 * torch.randn(n, k - 1, 3, generator=g),
+    }
+
+
+def cloud_splats(n: int, seed: int = 0, sh_degree: int = 3, extent: float = 2.0) -> dict:
+    """A trained-scene-like cloud for benchmarks: log-normal sizes, mixed opacities, full SH."""
+    g = torch.Generator().manual_seed(seed)
+    means = (torch.rand(n, 3, generator=g) * 2 - 1) * extent
+    # typical trained-scene statistics: median scale ~ 1/300 of the extent, a long tail of big splats
+    scales = math.log(extent / 300) + 0.8 * torch.randn(n, 3, generator=g)
+    k = (sh_degree + 1) ** 2
+    return {
+        "means": means, "scales": scales, "quats": torch.randn(n, 4, generator=g),
+        "opacities": 2.0 * torch.randn(n, generator=g),
+        "sh0": torch.randn(n, 1, 3, generator=g) * 0.8,
+        "shN": torch.randn(n, k - 1, 3, generator=g) * 0.1,
+    }
+
+
+def look_at_view(eye, target, up, width: int, height: int, fov_y_deg: float, name: str = "view") -> CameraView:
+    """An OpenCV camera at `eye` looking at `target` (x right, y down, z forward)."""
+    eye, target, up = (np.asarray(v, np.float64) for v in (eye, target, up))
+    zc = target - eye
+    zc /= np.linalg.norm(zc)
+    xc = np.cross(zc, up)
+    xc /= np.linalg.norm(xc)
+    yc = np.cross(zc, xc)
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.stack([xc, yc, zc], 1)
+    c2w[:3, 3] = eye
+    f = 0.5 * height / math.tan(math.radians(fov_y_deg) / 2)
+    K = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]])
+    return CameraView(name, c2w, K, width, height)
