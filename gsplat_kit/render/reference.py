@@ -9,7 +9,7 @@ gradients must match it. It follows exactly the same rules as the kernels:
 - a Gaussian is culled (radii = 0) when its depth is outside [near, far], its dilated 2D covariance
   is degenerate, its 3-sigma box is within `radius_clip` pixels, or the box lies outside the image;
 - a Gaussian is blended into every pixel of the 16x16 tiles its 3-sigma box touches, front to back
-  by depth (ties by index), with alpha = min(0.99, o * exp(-sigma)); alpha < 1/255 is skipped, and a
+  by depth (as float32; ties by index), with alpha = min(0.99, o * exp(-sigma)); alpha < 1/255 is skipped, and a
   pixel stops before the Gaussian that would bring its transmittance below 1e-4.
 """
 from __future__ import annotations
@@ -157,7 +157,8 @@ def rasterize_pixels(means2d, conics, colors, opacities, radii, depths, width, h
         acc = torch.zeros(height * width, D, dtype=means2d.dtype, device=means2d.device)
         done = torch.zeros(height * width, dtype=torch.bool, device=means2d.device)
         visible = ((radii[ci] > 0).all(-1)).nonzero()[:, 0]
-        order = visible[torch.sort(depths[ci, visible], stable=True).indices]
+        # The kernels sort by depth rounded to float32 (it is part of a 64-bit key), ties by index.
+        order = visible[torch.sort(depths[ci, visible].float(), stable=True).indices]
         for g in order.tolist():
             x0, x1, y0, y1 = ranges[g].tolist()
             in_tiles = (tile_x >= x0) & (tile_x < x1) & (tile_y >= y0) & (tile_y < y1)
