@@ -75,6 +75,31 @@ class ViserTestClient:
         except (ConnectionClosed, OSError):
             pass
 
+    def send(self, type_name: str, **fields):
+        """Sends one client->server viser message, e.g. a GUI update or a scene-node click."""
+        self._ws.send(msgspec.msgpack.encode({"type": type_name, **fields}))
+
+    def click_node(self, name: str, owner: str = ""):
+        """What the page sends when the user clicks scene node `name` (e.g. a camera frustum)."""
+        self.send("SceneNodeClickMessage", name=name, instance_index=None, ray_origin=[0.0, 0.0, 0.0],
+                  ray_direction=[0.0, 0.0, 1.0], screen_pos=[0.5, 0.5], modifier=None, owner=owner)
+
+    def gui_update(self, uuid: str, **updates):
+        """What the page sends when the user changes a GUI input (a button click is value=True)."""
+        self.send("GuiUpdateMessage", uuid=uuid, updates=updates)
+
+    def wait_message(self, predicate, timeout: float = 30.0) -> dict | None:
+        """Waits for a received message that satisfies predicate(msg); returns it (or None on timeout)."""
+        with self._cv:
+            found = []
+
+            def check():
+                found[:] = [m for m in self.messages if predicate(m)]
+                return bool(found)
+
+            self._cv.wait_for(check, timeout=timeout)
+            return found[-1] if found else None
+
     def send_camera(self, camtoworld: np.ndarray, fov_y: float, width: int, height: int,
                     look_at=None, up=(0.0, -1.0, 0.0)):
         """Sends a ViewerCameraMessage (OpenCV camera-to-world pose, vertical fov in radians)."""
