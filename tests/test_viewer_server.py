@@ -145,3 +145,26 @@ def test_client_buffers_covariance_and_budget():
     assert centers.shape == (400, 3)
     kept = {tuple(np.round(c, 5)) for c in centers}
     assert not any(tuple(np.round(c, 5)) in kept for c in s["means"][:100].numpy())
+
+
+def test_large_scene_goes_to_the_page_in_chunks_within_budget():
+    from gsplat_kit.viewer.app import CHUNK
+    from gsplat_kit.viewer.synthetic import cloud_splats
+
+    app = ViewerApp("127.0.0.1", 0, render_path="client", device="cpu", client_budget=int(1.5 * CHUNK))
+    try:
+        with ViserTestClient(app.url) as client:
+            v = _view([0, -1.5, -6.0])
+            client.send_camera(v.camtoworld, v.fov_y, 320, 240)
+            app.wait_for_client(10)
+            t0 = time.time()
+            app.set_scene(cloud_splats(int(2.5 * CHUNK)), None, "cloud")
+            assert time.time() - t0 < 30
+            ok = client.wait_message(lambda m: m["type"] == "GaussianSplatsMessage" and m["name"] == "/splats/1", 30)
+            assert ok is not None
+            splat_msgs = [m for m in client.messages if m["type"] == "GaussianSplatsMessage"]
+            sizes = [len(m["props"]["buffer"]) // 32 for m in splat_msgs]   # 32 bytes per Gaussian
+            assert sizes == [CHUNK, CHUNK // 2], sizes     # the 1.5 x CHUNK most visible, in 2 messages
+            assert "most visible" in app.gui_status.content
+    finally:
+        app.close()

@@ -25,6 +25,7 @@ from gsplat_kit.viewer.source import CameraView, ViewerScene, as_camera_views, l
 RENDER_PATHS = {"client": "Client (WebGL)", "server": "Server (gsplat_kit)"}
 SETTLE_S = 0.25          # camera at rest this long -> send the sharp frame
 CHUNK = 100_000          # Gaussians per client-side splat node
+MIN_MOVING_SCALE = 0.2   # below ~1/5 of the canvas a moving frame shows too little to steer by
 
 
 def _rgb01(rgb) -> tuple[float, float, float]:
@@ -106,7 +107,7 @@ class ClientStream:
             # proportional control of the pixel count: time ~ pixels, so scale ~ sqrt(target / dt)
             target = 1.0 / app.target_fps
             self.move_scale = float(np.clip(self.move_scale * np.clip(math.sqrt(target / max(dt, 1e-4)), 0.5, 1.5),
-                                            0.05, 1.0))
+                                            MIN_MOVING_SCALE, 1.0))
         self.frames += 1
         self.frame_times.append(dt)
         self.fps = len(self.frame_times) / sum(self.frame_times)
@@ -133,7 +134,7 @@ class ViewerApp:
     """A running viewer server. `set_scene()` / `load()` swap what it shows; `close()` stops it."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, render_path: str | None = None,
-                 device=None, client_budget: int = 1_000_000, max_resolution: int = 1280,
+                 device=None, client_budget: int = 500_000, max_resolution: int = 1280,
                  target_fps: float = 15.0, title: str = "gsplat_kit viewer"):
         import viser
 
@@ -412,6 +413,17 @@ class ViewerApp:
             ic.position = tuple(centre + 2.2 * radius * side + 0.6 * radius * up)
             ic.look_at = tuple(centre)
         ic.up = tuple(up)
+        # pages already open keep their camera otherwise (the initial camera applies to new connections)
+        for client in list(self.server.get_clients().values()):
+            try:
+                with client.atomic():
+                    client.camera.up_direction = ic.up
+                    client.camera.position = ic.position
+                    client.camera.look_at = ic.look_at
+                    if ic.fov is not None:
+                        client.camera.fov = ic.fov
+            except Exception:   # a page that disconnects meanwhile
+                pass
 
     def _draw_frusta(self):
         for f in self._frusta:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -101,20 +102,26 @@ def check_splats(splats: dict, where: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_checkpoint(path: Path) -> dict:
+def _load_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(splats, training config or {}) from a checkpoint. Like the trainer, it trusts the file it is given:
+    gsplat_kit checkpoints hold RNG states that only a full unpickle restores."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated zip, ...
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, not a torch file, ...
         raise SceneLoadError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict):
         raise SceneLoadError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     for key in ("splats", "gaussians", "model"):
         if isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
             break
     # state_dict style: "splats.means" -> "means"
     flat = {k.rsplit(".", 1)[-1]: v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
-    return check_splats(flat, str(path))
+    return check_splats(flat, str(path)), config
 
 
 def _load_ply(path: Path) -> dict:
@@ -155,24 +162,33 @@ def _views_from_config(folder: Path) -> list[CameraView]:
     except (OSError, json.JSONDecodeError) as e:
         print(f"warning: {cfg_path}: unreadable ({e}); no training cameras shown")
         return []
-    data = next((cfg.get(k) for k in ("data", "data_dir", "source_path", "scene") if isinstance(cfg.get(k), str)),
-                None)
-    if data is None:
+    return _views_from_train_config(cfg, folder)
+
+
+def _views_from_train_config(cfg: dict, base: Path) -> list[CameraView]:
+    """Loads the training split of the scene a TrainConfig dict points at (its `data`, `data_factor`...)."""
+    data = cfg.get("data") if isinstance(cfg, dict) else None
+    if not isinstance(data, str) or not data:
         return []
     data_path = Path(data)
     if not data_path.is_absolute() and not data_path.exists():
-        data_path = (folder / data).resolve()
+        data_path = (base / data).resolve()
     try:
+        import inspect
+
         from gsplat_kit.scene import load_scene
 
+        params = inspect.signature(load_scene).parameters
+        aliases = {"data_factor": ("data_factor", "factor", "downscale"), "test_every": ("test_every",),
+                   "white_background": ("white_background",)}
         kwargs = {}
-        for k in ("downscale", "images", "test_every"):
-            if k in cfg:
-                kwargs[k] = cfg[k]
-        try:
-            scene = load_scene(data_path, **kwargs)
-        except TypeError:
-            scene = load_scene(data_path)
+        for key, names in aliases.items():
+            if key in cfg:
+                for n in names:
+                    if n in params:
+                        kwargs[n] = cfg[key]
+                        break
+        scene = load_scene(data_path, **kwargs)
         return as_camera_views(scene.train_views)
     except Exception as e:  # cameras are a nicety: the splats still open
         print(f"warning: could not load the training cameras from {data_path} ({type(e).__name__}: {e})")
@@ -213,7 +229,9 @@ def load_viewer_scene(path) -> ViewerScene:
     if suffix == ".ply":
         splats = _load_ply(path)
     elif suffix in (".pt", ".pth", ".ckpt"):
-        splats = _load_checkpoint(path)
+        splats, config = _load_checkpoint(path)
+        if not views and config:
+            views = _views_from_train_config(config, path.parent)
     else:
         raise SceneLoadError(f"{path}: unknown file type '{suffix}' (expected .ply, .pt/.pth/.ckpt or a run folder)")
     return ViewerScene(splats, views, str(path))

@@ -44,8 +44,9 @@ def cloud_splats(n: int, seed: int = 0, sh_degree: int = 3, extent: float = 2.0)
     """A trained-scene-like cloud for benchmarks: log-normal sizes, mixed opacities, full SH."""
     g = torch.Generator().manual_seed(seed)
     means = (torch.rand(n, 3, generator=g) * 2 - 1) * extent
-    # typical trained-scene statistics: median scale ~ 1/300 of the extent, a long tail of big splats
-    scales = math.log(extent / 300) + 0.8 * torch.randn(n, 3, generator=g)
+    # trained-scene-like statistics: a log-normal size with a long tail of big splats; the median shrinks
+    # as n grows (1/300 of the extent at 100k), so the cube stays about as covered as a real capture
+    scales = math.log(extent / 300 * (1e5 / n) ** (1 / 3)) + 0.8 * torch.randn(n, 3, generator=g)
     k = (sh_degree + 1) ** 2
     return {
         "means": means, "scales": scales, "quats": torch.randn(n, 4, generator=g),

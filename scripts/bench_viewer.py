@@ -1,0 +1,118 @@
+"""Viewer benchmark: server-side frames per second for 100k and 1M Gaussian scenes.
+
+For each scene and device it reports
+  - sharp:  one full-resolution frame (rasterise + JPEG encode, what the server sends when the camera
+            rests), median over repeats -> fps;
+  - moving: frames per second a client actually receives over the websocket while its camera keeps
+            moving, with the adaptive resolution the loop settles at (target --target-fps).
+
+Usage: python scripts/bench_viewer.py [--sizes 100000 1000000] [--width 1280 --height 720]
+       [--devices cpu cuda] [--repeats 3] [--moving-seconds 8]
+The scenes are synthetic (gsplat_kit.viewer.synthetic.cloud_splats: a cube of Gaussians with log-normal
+sizes and full degree-3 SH, seen from outside), so the figures do not depend on a trained model.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def sharp_fps(renderer, view, w, h, settings, repeats):
+    from PIL import Image
+
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        img = renderer.render(view.camtoworld, view.fov_y, w, h, settings)
+        Image.fromarray(img).save(io.BytesIO(), format="JPEG", quality=90)
+        if renderer.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i > 0:  # the first call warms caches / CUDA
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return 1.0 / med, med
+
+
+def moving_fps(app, views, w, h, seconds):
+    """Moves the client's camera along an orbit at 30 Hz and counts the frames that come back."""
+    from gsplat_kit.viewer.wsclient import ViserTestClient
+
+    with ViserTestClient(app.url) as client:
+        client.send_camera(views[0].camtoworld, views[0].fov_y, w, h)
+        app.wait_for_client(30)
+        client.wait_frames(2, 120)      # initial background + first sharp frame
+        time.sleep(0.5)
+        t_start = time.time()
+        n0 = len(client.frames)
+        k = 0
+        while time.time() - t_start < seconds:
+            v = views[k % len(views)]
+            client.send_camera(v.camtoworld, v.fov_y, w, h)
+            k += 1
+            time.sleep(1 / 30)
+        elapsed = time.time() - t_start
+        frames = client.frames[n0:]
+        sizes = [ViserTestClient.decode(f).shape[:2] for f in frames[-3:]] if frames else []
+    return len(frames) / elapsed, sizes
+
+
+def orbit(centre, radius, n, w, h, fov):
+    from gsplat_kit.viewer.synthetic import look_at_view
+
+    views = []
+    for i in range(n):
+        a = 2 * math.pi * i / n * 0.1   # a slow arc: consecutive poses differ slightly, like a drag
+        eye = centre + radius * np.array([math.sin(a), -0.3, -math.cos(a)])
+        views.append(look_at_view(eye, centre, [0, -1, 0], w, h, fov))
+    return views
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--height", type=int, default=720)
+    ap.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--moving-seconds", type=float, default=8.0)
+    ap.add_argument("--target-fps", type=float, default=15.0)
+    args = ap.parse_args()
+
+    from gsplat_kit.viewer.app import ViewerApp
+    from gsplat_kit.viewer.render import RenderSettings
+    from gsplat_kit.viewer.synthetic import cloud_splats
+
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    w, h = args.width, args.height
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
+    print(f"{'device':6} {'gaussians':>10} {'res':>10} {'sharp fps':>10} {'ms':>8} {'moving fps':>11} {'moving res':>11}")
+    for n in args.sizes:
+        splats = cloud_splats(n, seed=0)
+        views = orbit(np.zeros(3), 5.0, 64, w, h, 50)
+        for dev in devices:
+            app = ViewerApp("127.0.0.1", 0, render_path="server", device=dev, max_resolution=max(w, h),
+                            target_fps=args.target_fps)
+            try:
+                app.set_scene(splats, None, f"cloud {n}")
+                fps, sec = sharp_fps(app.renderer, views[0], w, h, RenderSettings(), args.repeats)
+                mfps, sizes = moving_fps(app, views, w, h, args.moving_seconds)
+                res = f"{sizes[-1][1]}x{sizes[-1][0]}" if sizes else "-"
+                print(f"{dev:6} {n:>10,} {f'{w}x{h}':>10} {fps:>10.2f} {sec * 1000:>8.0f} {mfps:>11.2f} {res:>11}",
+                      flush=True)
+            finally:
+                app.close()
+
+
+if __name__ == "__main__":
+    main()
