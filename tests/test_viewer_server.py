@@ -110,7 +110,8 @@ def test_live_viewer_update_pause_and_snapshot():
             bigger = sphere_splats(2500, seed=1)
             splats.update(bigger)
             live.update(2, 0.25, 2500)
-            assert live.snapshots == 1 and live.app.renderer.num_gaussians == 2500
+            assert live.snapshots == 1 and live.flush(30)
+            assert live.app.renderer.num_gaussians == 2500
             assert "step **2**" in live.gui_stats.content and "2,500" in live.gui_stats.content
             # the page's pause button blocks the trainer until pressed again
             client.gui_update(live.gui_pause._impl.uuid, value=True)
