@@ -53,4 +53,5 @@ def init_splats(points, colors, sh_degree: int = 3, init_opacity: float = 0.1, i
     sh0 = rgb_to_sh(colors.clamp(0, 1))[:, None, :]
     shN = torch.zeros(n, max(K - 1, 0), 3)
     splats = {"means": points, "scales": scales, "quats": quats, "opacities": opac, "sh0": sh0, "shN": shN}
-    return {k: torch.nn.Parameter(v.to(device).contiguous()) for k, v in splats.items()}
+    # clone: the parameters must never alias the caller's arrays (Adam updates them in place)
+    return {k: torch.nn.Parameter(v.to(device).clone().contiguous()) for k, v in splats.items()}
