@@ -169,3 +169,29 @@ def test_large_scene_goes_to_the_page_in_chunks_within_budget():
             assert "most visible" in app.gui_status.content
     finally:
         app.close()
+
+
+def test_streamed_depth_decodes_like_the_page_shader():
+    """The page rebuilds depth as B*0.00255 + G*0.6528 + R*167.1168 (channels in [0, 1]) to hide the
+    scene nodes (training frusta) behind the splats; our encoder must produce exactly that."""
+    import io
+
+    from PIL import Image
+
+    from gsplat_kit.viewer.app import send_frame
+
+    class _Sink:
+        def __init__(self):
+            self.msgs = []
+            self.scene = self
+            self._websock_interface = self
+
+        def queue_message(self, m):
+            self.msgs.append(m)
+
+    depth = np.array([[0.0, 0.5, 1.234567], [12.5, 99.99999, 1e4]], np.float32)
+    sink = _Sink()
+    send_frame(sink, np.zeros((2, 3, 3), np.uint8), depth, 90)
+    png = np.asarray(Image.open(io.BytesIO(sink.msgs[0].depth_data)).convert("RGB")).astype(np.float64) / 255
+    decoded = png[..., 2] * 0.00255 + png[..., 1] * 0.6528 + png[..., 0] * 167.1168
+    np.testing.assert_allclose(decoded, np.minimum(depth, (2 ** 24 - 1) / 1e5), atol=2e-5)

@@ -85,6 +85,12 @@ class SplatRenderer:
     def render(self, camtoworld: np.ndarray, fov_y: float, width: int, height: int,
                settings: RenderSettings) -> np.ndarray:
         """Returns a uint8 [H, W, 3] image of the camera (OpenCV camera-to-world, vertical fov in radians)."""
+        return self.render_frame(camtoworld, fov_y, width, height, settings)[0]
+
+    def render_frame(self, camtoworld: np.ndarray, fov_y: float, width: int, height: int,
+                     settings: RenderSettings, empty_depth: float = 1e4) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 image [H, W, 3], camera-z depth [H, W] float32, `empty_depth` where nothing covers
+        the pixel). The depth lets the page draw its own scene nodes (frusta) with correct occlusion."""
         from gsplat_kit import rasterization
 
         with self._lock:
@@ -98,17 +104,19 @@ class SplatRenderer:
             bg = torch.tensor([list(settings.background)], dtype=torch.float32, device=dev)
             sh = int(min(max(settings.sh_degree, 0), self.max_sh_degree))
             scales = g["scales"] if settings.scale_modifier == 1.0 else g["scales"] * float(settings.scale_modifier)
-            mode = {"RGB": "RGB", "Depth": "ED", "Alpha": "RGB"}[settings.mode]
+            mode = "ED" if settings.mode == "Depth" else "RGB+ED"   # one pass gives colour and depth
             with torch.no_grad():
-                colors, alphas, _ = rasterization(
+                out, alphas, _ = rasterization(
                     g["means"], g["quats"], scales, g["opacities"], g["colors"], viewmat, K, int(width), int(height),
-                    sh_degree=sh, backgrounds=bg if mode == "RGB" else None, render_mode=mode)
-            colors = colors[0].float().cpu().numpy()
+                    sh_degree=sh, backgrounds=None if mode == "ED" else bg, render_mode=mode)
+            out = out[0].float().cpu().numpy()
             alphas = alphas[0, ..., 0].float().cpu().numpy()
+        depth = out[..., -1]
         if settings.mode == "RGB":
-            img = colors
+            img = out[..., :3]
         elif settings.mode == "Depth":
-            img = colorize_depth(colors[..., 0], alphas, settings.background)
+            img = colorize_depth(depth, alphas, settings.background)
         else:
             img = np.repeat(alphas[..., None], 3, axis=-1)
-        return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        depth = np.where(alphas > 0.5, depth, np.float32(empty_depth)).astype(np.float32)
+        return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), depth
