@@ -39,6 +39,7 @@ test: build browser
 bench: build
 	$(PY) -m pip install -q -r requirements-bench.txt
 	$(PY) scripts/bench_raster.py $(BENCH_ARGS)
+	$(PY) scripts/bench_viewer.py
 
 clean:
 	rm -rf build gsplat_kit/_C*.so $(BUILT)
