@@ -9,8 +9,10 @@ Chromium is installed by `make browser` (a dependency of `make test`); without i
 """
 from __future__ import annotations
 
+import io
 import os
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,10 @@ def test_browser_shows_scene(path, tmp_path):
                 best = (metrics, shot, ref)
                 if metrics[0] > 0.6 and metrics[2] < 8:
                     break
+            # the page's Screenshot button: server path renders it, client path asks the browser for its canvas
+            captured = {}
+            stream.client.send_file_download = lambda name, content, **kw: captured.update(name=name, data=content)
+            app._screenshot(types.SimpleNamespace(client=stream.client))
         (metrics, shot, ref) = best
         out = Path(os.environ.get("GK_VIEWER_SHOTS", tmp_path))
         out.mkdir(parents=True, exist_ok=True)
@@ -96,6 +102,12 @@ def test_browser_shows_scene(path, tmp_path):
         assert abs(covered - covered_ref) < 0.05, msg
         assert mean_err < 8, msg
         assert p90_err < 30, msg
+        assert "data" in captured and captured["name"].endswith(".png"), f"no screenshot download ({app.last_error})"
+        png = np.asarray(Image.open(io.BytesIO(captured["data"])).convert("RGB"))
+        Image.fromarray(png).save(out / f"screenshot_button_{path}.png")
+        assert png.shape == (H, W, 3)
+        err = np.abs(png.astype(np.float32) - ref).mean()   # no GUI in it: compare the whole frame
+        assert err < 8, f"screenshot differs from the reference by {err:.1f} on average"
         if path == "server":
             assert stream.frames >= 1 and stream.fps > 0
         else:  # the picture came from the browser's WebGL splatting, not from a streamed frame

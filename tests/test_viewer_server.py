@@ -195,3 +195,25 @@ def test_streamed_depth_decodes_like_the_page_shader():
     png = np.asarray(Image.open(io.BytesIO(sink.msgs[0].depth_data)).convert("RGB")).astype(np.float64) / 255
     decoded = png[..., 2] * 0.00255 + png[..., 1] * 0.6528 + png[..., 0] * 167.1168
     np.testing.assert_allclose(decoded, np.minimum(depth, (2 ** 24 - 1) / 1e5), atol=2e-5)
+
+
+def test_screenshot_button_downloads_png_of_current_view(app):
+    import io
+
+    from PIL import Image
+
+    with ViserTestClient(app.url) as client:
+        v = _view([0, -0.8, -2.2])
+        client.send_camera(v.camtoworld, v.fov_y, 320, 240)
+        app.wait_for_client(10)
+        client.gui_update(app.gui_shot._impl.uuid, value=True)
+        start = client.wait_message(lambda m: m["type"] == "FileTransferStartDownload", 30)
+        assert start is not None and start["filename"].endswith(".png")
+        uid = start["transfer_uuid"]
+        assert client.wait_message(lambda m: m["type"] == "FileTransferPart" and m["transfer_uuid"] == uid
+                                   and m["part_index"] == start["part_count"] - 1, 30)
+        parts = sorted((m for m in client.messages if m["type"] == "FileTransferPart" and m["transfer_uuid"] == uid),
+                       key=lambda m: m["part_index"])
+        png = np.asarray(Image.open(io.BytesIO(b"".join(bytes(m["content"]) for m in parts))).convert("RGB"))
+        ref = app.renderer.render(v.camtoworld, v.fov_y, 320, 240, app.settings)
+        assert png.shape == (240, 320, 3) and np.abs(png.astype(int) - ref).max() <= 1   # lossless, same view
