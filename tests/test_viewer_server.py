@@ -167,6 +167,12 @@ def test_large_scene_goes_to_the_page_in_chunks_within_budget():
             sizes = [len(m["props"]["buffer"]) // 32 for m in splat_msgs]   # 32 bytes per Gaussian
             assert sizes == [CHUNK, CHUNK // 2], sizes     # the 1.5 x CHUNK most visible, in 2 messages
             assert "most visible" in app.gui_status.content
+            # a new version of the scene (live training) updates the nodes in place: no remove/add flicker
+            app.set_scene(cloud_splats(CHUNK // 2, seed=1), None, "cloud v2")
+            upd = client.wait_message(lambda m: m["type"] == "SceneNodeUpdateMessage" and m["name"] == "/splats/0"
+                                      and "buffer" in m["updates"], 30)
+            assert upd is not None and len(upd["updates"]["buffer"]) // 32 == CHUNK // 2
+            assert client.wait_message(lambda m: m["type"] == "RemoveSceneNodeMessage" and m["name"] == "/splats/1", 10)
     finally:
         app.close()
 

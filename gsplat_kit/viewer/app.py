@@ -393,17 +393,23 @@ class ViewerApp:
                 return
             self._client_splats_stale = False
             centers, covs, rgbs, opac = client_buffers(scene.splats, self.settings.scale_modifier, self.client_budget)
-            old, self._splat_handles = self._splat_handles, []
-            for h in old:
-                h.remove()
+            # update the existing nodes in place (no flicker during live training), add or drop the rest
+            handles, self._splat_handles = self._splat_handles, []
             n = centers.shape[0]
             for i, (a, b) in enumerate(chunks(n, CHUNK)):
-                self._splat_handles.append(self.server.scene.add_gaussian_splats(
-                    f"/splats/{i}", centers=centers[a:b], covariances=covs[a:b], rgbs=rgbs[a:b], opacities=opac[a:b],
-                    visible=self.render_path == "client"))
+                part = (centers[a:b], covs[a:b], rgbs[a:b], opac[a:b])
+                if i < len(handles):
+                    handles[i].set_gaussians(*part)
+                    self._splat_handles.append(handles[i])
+                else:
+                    self._splat_handles.append(self.server.scene.add_gaussian_splats(
+                        f"/splats/{i}", centers=part[0], covariances=part[1], rgbs=part[2], opacities=part[3],
+                        visible=self.render_path == "client"))
                 if b < n:
                     self.server.flush()
                     time.sleep(0.02)  # let the page digest a chunk before the next one
+            for h in handles[len(self._splat_handles):]:
+                h.remove()
             if n < scene.num_gaussians:
                 self._set_status(f"  \nclient path shows the {n:,} most visible")
 
