@@ -95,9 +95,13 @@ class ClientStream:
         t0 = time.perf_counter()
         try:
             img, depth = app.renderer.render_frame(c2w, float(cam.fov), w, h, app.settings)
+            if self._stop:      # the page closed while we rendered
+                return
             send_frame(self.client, img, depth if app.depth_compositing else None, 90 if sharp else 75)
-        except Exception as e:  # keep the loop (and the server) alive; tell the page
-            app.report_error(f"server-side render failed: {type(e).__name__}: {e}")
+        except Exception as e:  # keep the loop (and the server) alive; tell the page (once per distinct error)
+            msg = f"server-side render failed: {type(e).__name__}: {e}"
+            if msg != app.last_error:
+                app.report_error(msg)
             self.sharp_pending = False
             return
         dt = time.perf_counter() - t0

@@ -102,14 +102,25 @@ def check_splats(splats: dict, where: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_checkpoint(path: Path) -> tuple[dict, dict]:
-    """(splats, training config or {}) from a checkpoint. Like the trainer, it trusts the file it is given:
-    gsplat_kit checkpoints hold RNG states that only a full unpickle restores."""
+def _numpy_safe_globals() -> list:
+    """What numpy arrays in a checkpoint (e.g. the trainer's RNG state) need under weights_only loading."""
     try:
-        try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    dtypes = {type(np.dtype(t)) for t in (np.uint8, np.uint32, np.int64, np.float32, np.float64, np.bool_)}
+    return [_reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+def _load_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(splats, training config or {}) from a checkpoint. Loaded with weights_only (tensors, numpy arrays,
+    plain containers): the page can ask for any path, and a viewer must never run a file's pickled code."""
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError as e:
+        raise SceneLoadError(f"{path}: the checkpoint holds objects other than tensors and arrays; the viewer "
+                             f"does not unpickle them ({str(e).splitlines()[0][:200]})") from None
     except Exception as e:  # truncated zip, not a torch file, ...
         raise SceneLoadError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict):
