@@ -1,8 +1,9 @@
 """Viewer benchmark: server-side frames per second for 100k and 1M Gaussian scenes.
 
 For each scene and device it reports
-  - sharp:  one full-resolution frame (rasterise + JPEG encode, what the server sends when the camera
-            rests), median over repeats -> fps;
+  - render fps: one full-resolution rasterisation (colour + depth), median over repeats;
+  - frame fps:  the same plus encoding (JPEG colour + PNG depth): the full frame the server sends when
+                the camera rests;
   - moving: frames per second a client actually receives over the websocket while its camera keeps
             moving, with the adaptive resolution the loop settles at (target --target-fps).
 
@@ -14,7 +15,6 @@ sizes and full degree-3 SH, seen from outside), so the figures do not depend on 
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import statistics
 import sys
@@ -28,19 +28,27 @@ import torch  # noqa: E402
 
 
 def sharp_fps(renderer, view, w, h, settings, repeats):
-    from PIL import Image
+    """(render-only fps, full-frame fps): rasterisation alone, and with depth + JPEG/PNG encoding."""
+    from gsplat_kit.viewer.app import send_frame
 
-    times = []
+    class _Null:   # stands in for a page: send_frame encodes, then queues here
+        def __init__(self):
+            self.scene, self._websock_interface = self, self
+
+        def queue_message(self, m):
+            pass
+
+    render_t, frame_t = [], []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        img = renderer.render(view.camtoworld, view.fov_y, w, h, settings)
-        Image.fromarray(img).save(io.BytesIO(), format="JPEG", quality=90)
-        if renderer.device.type == "cuda":
-            torch.cuda.synchronize()
+        img, depth = renderer.render_frame(view.camtoworld, view.fov_y, w, h, settings)
+        t1 = time.perf_counter()
+        send_frame(_Null(), img, depth, 90)
+        t2 = time.perf_counter()
         if i > 0:  # the first call warms caches / CUDA
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return 1.0 / med, med
+            render_t.append(t1 - t0)
+            frame_t.append(t2 - t0)
+    return 1.0 / statistics.median(render_t), 1.0 / statistics.median(frame_t)
 
 
 def moving_fps(app, views, w, h, seconds):
@@ -96,7 +104,8 @@ def main():
     w, h = args.width, args.height
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
-    print(f"{'device':6} {'gaussians':>10} {'res':>10} {'sharp fps':>10} {'ms':>8} {'moving fps':>11} {'moving res':>11}")
+    print(f"{'device':6} {'gaussians':>10} {'res':>10} {'render fps':>11} {'frame fps':>10} {'moving fps':>11} "
+          f"{'moving res':>11}")
     for n in args.sizes:
         splats = cloud_splats(n, seed=0)
         views = orbit(np.zeros(3), 5.0, 64, w, h, 50)
@@ -105,10 +114,10 @@ def main():
                             target_fps=args.target_fps)
             try:
                 app.set_scene(splats, None, f"cloud {n}")
-                fps, sec = sharp_fps(app.renderer, views[0], w, h, RenderSettings(), args.repeats)
+                rfps, ffps = sharp_fps(app.renderer, views[0], w, h, RenderSettings(), args.repeats)
                 mfps, sizes = moving_fps(app, views, w, h, args.moving_seconds)
                 res = f"{sizes[-1][1]}x{sizes[-1][0]}" if sizes else "-"
-                print(f"{dev:6} {n:>10,} {f'{w}x{h}':>10} {fps:>10.2f} {sec * 1000:>8.0f} {mfps:>11.2f} {res:>11}",
+                print(f"{dev:6} {n:>10,} {f'{w}x{h}':>10} {rfps:>11.2f} {ffps:>10.2f} {mfps:>11.2f} {res:>11}",
                       flush=True)
             finally:
                 app.close()

@@ -522,8 +522,11 @@ class ViewerApp:
         raise TimeoutError(f"no browser connected to {self.url} within {timeout:.0f} s")
 
     def close(self):
-        for s in self.streams():
+        streams = self.streams()
+        for s in streams:
             s.stop()
+        for s in streams:       # let a frame in flight finish before the connections go
+            s.thread.join(timeout=10)
         self.server.stop()
 
     def __enter__(self):
