@@ -72,7 +72,8 @@ def test_train_writes_outputs_and_learns(tmp_path, scene, monkeypatch):
     if on_disk["lpips"] is None:
         assert "LPIPS not computed" in on_disk["lpips_note"]
     cfg_disk = json.loads((out / "config.json").read_text())
-    assert cfg_disk["steps"] == 150 and cfg_disk["strategy_resolved"]["grow_grad2d"] == 0.0002
+    assert cfg_disk["steps"] == 150 and cfg_disk["resolved"]["strategy"]["grow_grad2d"] == 0.0002
+    assert TrainConfig.from_json(str(out / "config.json")) == cfg     # reusable with --config
     for v in scene.test_views:
         stem = os.path.splitext(v.name)[0]
         assert (out / "eval" / "render" / f"{stem}.png").is_file() and (out / "eval" / "gt" / f"{stem}.png").is_file()

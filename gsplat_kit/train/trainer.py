@@ -223,10 +223,12 @@ class Trainer:
             raise ValueError("an output folder (--out) is required")
         os.makedirs(cfg.out, exist_ok=True)
         start_step = self.step
-        resolved = {**cfg.to_dict(), "device": str(self.device), "scene_scale": self.scene_scale,
-                    "strategy_resolved": self.strategy.to_dict(),
-                    "num_train_views": len(self.scene.train_views), "num_test_views": len(self.scene.test_views),
-                    "resumed_from": self.last_ckpt, "resumed_at_step": start_step}
+        # the config as given (reusable with --config) plus what it resolved to on this machine and scene
+        resolved = {**cfg.to_dict(), "resolved": {
+            "device": str(self.device), "scene_scale": self.scene_scale, "strategy": self.strategy.to_dict(),
+            "learning_rates": self._lrs(), "num_train_views": len(self.scene.train_views),
+            "num_test_views": len(self.scene.test_views), "num_init_points": int(len(self.scene.points)),
+            "resumed_from": self.last_ckpt, "resumed_at_step": start_step}}
         atomic_write_json(resolved, os.path.join(cfg.out, "config.json"))
         viewer = None
         if cfg.viewer:
