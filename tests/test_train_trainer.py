@@ -111,3 +111,41 @@ def test_config_errors(tmp_path, scene):
         Trainer(_cfg(tmp_path, "x", strategy="foo"), scene=scene)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         Trainer(_cfg(tmp_path, "x", resume=str(tmp_path / "missing.pt")), scene=scene)
+
+
+def test_viewer_flag_drives_the_live_viewer(tmp_path, scene, monkeypatch):
+    import gsplat_kit.train.export as export
+    import gsplat_kit.viewer.live as live
+
+    calls = []
+
+    class FakeViewer:
+        def __init__(self, splats, views=None, host="127.0.0.1", port=8080):
+            calls.append(("init", len(views), port))
+            self.splats = splats
+
+        def wait_if_paused(self):
+            calls.append(("wait",))
+
+        def update(self, step, loss, num_gaussians=None):
+            assert num_gaussians == len(self.splats["means"])     # the viewer reads the trainer's live dict
+            calls.append(("update", step, loss))
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setattr(live, "LiveViewer", FakeViewer)
+    monkeypatch.setattr(export, "write_ply", lambda path, s: None)
+    Trainer(_cfg(tmp_path, "v", steps=5, viewer=True, viewer_port=0), scene=scene).train()
+    assert calls[0] == ("init", len(scene.train_views), 0) and calls[-1] == ("close",)
+    assert [c[1] for c in calls if c[0] == "update"] == [1, 2, 3, 4, 5]
+    assert sum(c[0] == "wait" for c in calls) == 5
+    assert all(math.isfinite(c[2]) for c in calls if c[0] == "update")
+
+
+def test_viewer_flag_with_the_real_viewer(tmp_path, scene, monkeypatch):
+    import gsplat_kit.train.export as export
+
+    monkeypatch.setattr(export, "write_ply", lambda path, s: None)
+    m = Trainer(_cfg(tmp_path, "rv", steps=3, viewer=True, viewer_port=0, eval=False), scene=scene).train()
+    assert m["steps"] == 3
