@@ -9,8 +9,10 @@ For each scene and device it reports
 
 Usage: python scripts/bench_viewer.py [--sizes 100000 1000000] [--width 1280 --height 720]
        [--devices cpu cuda] [--repeats 3] [--moving-seconds 8]
-The scenes are synthetic (gsplat_kit.viewer.synthetic.cloud_splats: a cube of Gaussians with log-normal
-sizes and full degree-3 SH, seen from outside), so the figures do not depend on a trained model.
+The scenes are synthetic, so the figures do not depend on a trained model: by default
+gsplat_kit.viewer.synthetic.room_splats (mostly opaque surface splats on the walls of a room and on
+objects in it, 5 % floaters, degree-3 SH, seen from inside: every pixel covered, as in a capture);
+--scene cloud is a semi-transparent random cube seen from outside (no early ray termination).
 """
 from __future__ import annotations
 
@@ -74,14 +76,20 @@ def moving_fps(app, views, w, h, seconds):
     return len(frames) / elapsed, sizes
 
 
-def orbit(centre, radius, n, w, h, fov):
+def camera_path(scene, n, w, h, fov):
+    """Slow pans (consecutive poses differ slightly, like a mouse drag)."""
     from gsplat_kit.viewer.synthetic import look_at_view
 
     views = []
     for i in range(n):
-        a = 2 * math.pi * i / n * 0.1   # a slow arc: consecutive poses differ slightly, like a drag
-        eye = centre + radius * np.array([math.sin(a), -0.3, -math.cos(a)])
-        views.append(look_at_view(eye, centre, [0, -1, 0], w, h, fov))
+        a = 2 * math.pi * i / n * 0.1
+        if scene == "room":   # standing inside the room, turning
+            eye = np.array([0.0, -0.2, -1.6])
+            target = eye + np.array([math.sin(a - 0.3), 0.1, math.cos(a - 0.3)])
+        else:                 # outside the cube, orbiting it
+            eye = 5.0 * np.array([math.sin(a), -0.3, -math.cos(a)])
+            target = np.zeros(3)
+        views.append(look_at_view(eye, target, [0, -1, 0], w, h, fov))
     return views
 
 
@@ -94,21 +102,22 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--moving-seconds", type=float, default=8.0)
     ap.add_argument("--target-fps", type=float, default=15.0)
+    ap.add_argument("--scene", choices=("room", "cloud"), default="room")
     args = ap.parse_args()
 
     from gsplat_kit.viewer.app import ViewerApp
     from gsplat_kit.viewer.render import RenderSettings
-    from gsplat_kit.viewer.synthetic import cloud_splats
+    from gsplat_kit.viewer.synthetic import cloud_splats, room_splats
 
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     w, h = args.width, args.height
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+    print(f"scene: {args.scene}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
     print(f"{'device':6} {'gaussians':>10} {'res':>10} {'render fps':>11} {'frame fps':>10} {'moving fps':>11} "
           f"{'moving res':>11}")
     for n in args.sizes:
-        splats = cloud_splats(n, seed=0)
-        views = orbit(np.zeros(3), 5.0, 64, w, h, 50)
+        splats = (room_splats if args.scene == "room" else cloud_splats)(n, seed=0)
+        views = camera_path(args.scene, 64, w, h, 60)
         for dev in devices:
             app = ViewerApp("127.0.0.1", 0, render_path="server", device=dev, max_resolution=max(w, h),
                             target_fps=args.target_fps)

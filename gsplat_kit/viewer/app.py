@@ -180,6 +180,7 @@ class ViewerApp:
         self.frames_sent = 0
         self.depth_compositing = True   # send depth with each frame: frusta are hidden behind the splats
         self._streams: dict[int, ClientStream] = {}
+        self._stopped_streams: list[ClientStream] = []   # joined in close(): a render may still be running
         self._lock = threading.RLock()
         self._splat_handles: list = []
         self._client_splats_stale = True
@@ -259,6 +260,8 @@ class ViewerApp:
             stream = self._streams.pop(client.client_id, None)
         if stream:
             stream.stop()
+            with self._lock:
+                self._stopped_streams = [s for s in self._stopped_streams if s.thread.is_alive()] + [stream]
 
     def streams(self) -> list[ClientStream]:
         with self._lock:
@@ -522,11 +525,12 @@ class ViewerApp:
         raise TimeoutError(f"no browser connected to {self.url} within {timeout:.0f} s")
 
     def close(self):
-        streams = self.streams()
+        with self._lock:
+            streams = list(self._streams.values()) + self._stopped_streams
         for s in streams:
             s.stop()
-        for s in streams:       # let a frame in flight finish before the connections go
-            s.thread.join(timeout=10)
+        for s in streams:       # let a frame in flight finish: a thread killed inside the kernels aborts
+            s.thread.join(timeout=60)
         self.server.stop()
 
     def __enter__(self):
