@@ -25,29 +25,37 @@ GK_HD uint64_t isect_key(int64_t camera, int64_t tile, float depth, int tile_bit
 }
 
 // sigma = 0.5 (a dx^2 + c dy^2) + b dx dy with d = mean - pixel centre.
-template <typename T> GK_HD T gauss_sigma(const T conic[3], T dx, T dy) {
-    return T(0.5) * (conic[0] * dx * dx + conic[2] * dy * dy) + conic[1] * dx * dy;
+template <typename T> GK_HD T gauss_sigma(T a, T b, T c, T dx, T dy) {
+    return T(0.5) * (a * dx * dx + c * dy * dy) + b * dx * dy;
+}
+template <typename T> GK_HD T gauss_sigma(const T conic[3], T dx, T dy) { return gauss_sigma(conic[0], conic[1], conic[2], dx, dy); }
+
+// alpha of one splat at one pixel, or 0 when it is skipped (behind the ellipse's centre plane or
+// fainter than 1/255); vis = exp(-sigma) is kept for the backward. (Returned by value: out-parameters
+// on loop locals keep compilers from vectorising the CPU loops.)
+template <typename T> struct SplatAlpha { T alpha, vis; };
+
+template <typename T> GK_HD SplatAlpha<T> splat_alpha(T opacity, T sigma) {
+    const T vis = gk_exp(-sigma);
+    const T alpha = gk_min(T(kAlphaMax), opacity * vis);
+    return {(sigma < T(0) || alpha < T(kAlphaMin)) ? T(0) : alpha, vis};
 }
 
-// alpha of one splat at one pixel, or 0 when it is skipped (behind the ellipse's centre plane or fainter than 1/255).
-template <typename T> GK_HD T splat_alpha(T opacity, T sigma, T& vis) {
-    vis = gk_exp(-sigma);
-    T alpha = gk_min(T(kAlphaMax), opacity * vis);
-    return (sigma < T(0) || alpha < T(kAlphaMin)) ? T(0) : alpha;
-}
+// Backward through alpha = min(0.99, o exp(-sigma)) given dL/dalpha: the conic, mean and opacity
+// gradients of this pixel. (When the cap is active, alpha does not depend on o or sigma.)
+template <typename T> struct SplatGrad { T conic[3], mean[2], opacity; };
 
-// Backward through alpha = min(0.99, o exp(-sigma)) given dL/dalpha: accumulates the conic, mean and
-// opacity gradients of this pixel. (When the cap is active, alpha does not depend on o or sigma.)
-template <typename T> GK_HD void splat_alpha_vjp(T opacity, T vis, const T conic[3], T dx, T dy, T v_alpha, T v_conic[3],
-                                                 T v_mean[2], T& v_opacity) {
-    if (opacity * vis > T(kAlphaMax)) return;
-    T v_sigma = -opacity * vis * v_alpha;
-    v_conic[0] += T(0.5) * dx * dx * v_sigma;
-    v_conic[1] += dx * dy * v_sigma;
-    v_conic[2] += T(0.5) * dy * dy * v_sigma;
-    v_mean[0] += v_sigma * (conic[0] * dx + conic[1] * dy);
-    v_mean[1] += v_sigma * (conic[1] * dx + conic[2] * dy);
-    v_opacity += vis * v_alpha;
+template <typename T> GK_HD SplatGrad<T> splat_alpha_vjp(T opacity, T vis, const T conic[3], T dx, T dy, T v_alpha) {
+    const bool capped = opacity * vis > T(kAlphaMax);
+    const T v_sigma = capped ? T(0) : -opacity * vis * v_alpha;
+    SplatGrad<T> g;
+    g.conic[0] = T(0.5) * dx * dx * v_sigma;
+    g.conic[1] = dx * dy * v_sigma;
+    g.conic[2] = T(0.5) * dy * dy * v_sigma;
+    g.mean[0] = v_sigma * (conic[0] * dx + conic[1] * dy);
+    g.mean[1] = v_sigma * (conic[1] * dx + conic[2] * dy);
+    g.opacity = capped ? T(0) : vis * v_alpha;
+    return g;
 }
 
 }  // namespace gk

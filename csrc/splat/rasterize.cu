@@ -56,8 +56,7 @@ __global__ void rasterize_fwd_kernel(TileGrid g, int D, const T* means2d, const 
         const int count = int(min(int64_t(block), end - b0));
         for (int j = 0; j < count && !done; ++j) {
             const SplatShared<T>& s = batch[j];
-            T vis;
-            const T alpha = splat_alpha(s.opacity, gauss_sigma(s.conic, s.mx - px, s.my - py), vis);
+            const T alpha = splat_alpha(s.opacity, gauss_sigma(s.conic, s.mx - px, s.my - py)).alpha;
             if (alpha == T(0)) continue;
             const T next_T = trans * (T(1) - alpha);
             if (next_T < T(kTransmittanceMin)) {
@@ -147,8 +146,8 @@ __global__ void rasterize_bwd_kernel(TileGrid g, int D, const T* means2d, const 
             bool contributes = false;
             if (k <= last) {
                 const T dx = s.mx - px, dy = s.my - py;
-                T vis;
-                const T alpha = splat_alpha(s.opacity, gauss_sigma(s.conic, dx, dy), vis);
+                const SplatAlpha<T> sa = splat_alpha(s.opacity, gauss_sigma(s.conic, dx, dy));
+                const T alpha = sa.alpha;
                 if (alpha != T(0)) {
                     contributes = true;
                     const T ra = T(1) / (T(1) - alpha);
@@ -162,7 +161,11 @@ __global__ void rasterize_bwd_kernel(TileGrid g, int D, const T* means2d, const 
                         behind[d] += col[d] * fac;
                     }
                     v_alpha += t_final * ra * (v_a - bg_dot);
-                    splat_alpha_vjp(s.opacity, vis, s.conic, dx, dy, v_alpha, v_con, v_mean, v_op);
+                    const SplatGrad<T> gr = splat_alpha_vjp(s.opacity, sa.vis, s.conic, dx, dy, v_alpha);
+                    for (int i = 0; i < 3; ++i) v_con[i] = gr.conic[i];
+                    v_mean[0] = gr.mean[0];
+                    v_mean[1] = gr.mean[1];
+                    v_op = gr.opacity;
                 }
             }
             // Sum over the warp, then one atomic per warp and value.

@@ -1,7 +1,13 @@
 // Rasterisation on the CPU: OpenMP over tiles; inside a tile, the tile's Gaussians in depth order and
-// the tile's pixels in the inner loop (structure-of-arrays, so the per-pixel math vectorises).
-// The per-pixel math is csrc/include/gk_blend.h, shared with rasterize.cu.
+// the tile's pixels in the inner loop, one tile row (tile_size pixels) at a time, branch-free and
+// structure-of-arrays so that it vectorises. The per-pixel math is csrc/include/gk_blend.h, shared
+// with rasterize.cu.
+//
+// Row culling: a splat can only reach alpha >= 1/255 where sigma <= ln(255 o), an ellipse whose
+// vertical extent is sqrt(2 ln(255 o) cov_yy). Rows beyond it (plus a pixel of margin) are skipped:
+// they would evaluate to alpha = 0 anyway, so the result is the same, only faster.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "gk_blend.h"
@@ -30,99 +36,169 @@ TileView tile_view(const TileGrid& g, int64_t t, const int32_t* isect_offsets, i
     return v;
 }
 
-}  // namespace
+// Rows [r0, r1] of the tile that the splat can reach with alpha >= 1/255; r0 > r1 when none.
+template <typename T> void reachable_rows(const T conic[3], T opacity, T my, const TileView& tv, int& r0, int& r1) {
+    r0 = 0;
+    r1 = tv.h - 1;
+    const T level = std::log(opacity * T(255));
+    if (!(level > T(0))) {  // opacity <= 1/255 (or NaN): alpha < 1/255 everywhere
+        r0 = 1, r1 = 0;
+        return;
+    }
+    const T det = conic[0] * conic[2] - conic[1] * conic[1];
+    if (!(det > T(0))) return;
+    const T ext = std::sqrt(T(2) * level * conic[0] / det) + T(1);  // cov_yy = a / det
+    if (!std::isfinite(ext)) return;
+    const T lo = my - ext - T(tv.y0) - T(0.5), hi = my + ext - T(tv.y0) - T(0.5);
+    r0 = std::max(0, int(std::floor(lo)));
+    r1 = std::min(tv.h - 1, int(std::ceil(hi)));
+}
 
-template <typename T>
-void rasterize_fwd_cpu(const TileGrid& g, int D, const T* means2d, const T* conics, const T* colors, const T* opacities,
-                       const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
-                       T* render_colors, T* render_alphas, int32_t* last_ids) {
+// DC: compile-time channel count (1..4) so the channel loops unroll; 0 = runtime D.
+template <typename T, int DC>
+void rasterize_fwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* conics, const T* colors, const T* opacities,
+                         const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
+                         T* render_colors, T* render_alphas, int32_t* last_ids) {
+    const int D = DC ? DC : D_;
+    const int TS = g.tile_size, TP = TS * TS;
     const int64_t n_tiles = int64_t(g.C) * g.tiles_w * g.tiles_h;
-    const int TP = g.tile_size * g.tile_size;
 #pragma omp parallel
     {
-        std::vector<T> px(TP), py(TP), trans(TP), acc(size_t(D) * TP);
-        std::vector<int32_t> last(TP);
-        std::vector<uint8_t> done(TP);
+        std::vector<T> px_(TP), py_(TP), trans_(TP), acc_(size_t(D) * TP), live_(TP);
+        std::vector<int32_t> last_(TP), row_live(TS);  // row_live: pixels of the row still compositing
+        // Raw restrict pointers: through std::vector the compiler must reload the data pointers after
+        // every store, and the pixel loop does not vectorise.
+        T* __restrict px = px_.data();
+        T* __restrict py = py_.data();
+        T* __restrict trans = trans_.data();
+        T* __restrict acc = acc_.data();
+        T* __restrict live = live_.data();
+        int32_t* __restrict last = last_.data();
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < n_tiles; ++t) {
-            TileView tv = tile_view(g, t, isect_offsets, n_isects);
-            const int P = tv.w * tv.h;
-            for (int p = 0; p < P; ++p) {
-                px[p] = T(tv.x0 + p % tv.w) + T(0.5);
-                py[p] = T(tv.y0 + p / tv.w) + T(0.5);
+            const TileView tv = tile_view(g, t, isect_offsets, n_isects);
+            for (int p = 0; p < TP; ++p) {
+                const int r = p / TS, c = p % TS;
+                px[p] = T(tv.x0 + c) + T(0.5);
+                py[p] = T(tv.y0 + r) + T(0.5);
                 trans[p] = T(1);
+                live[p] = (r < tv.h && c < tv.w) ? T(1) : T(0);  // 0 once the pixel is done (or outside)
                 last[p] = -1;
-                done[p] = 0;
             }
-            std::fill(acc.begin(), acc.begin() + size_t(D) * P, T(0));
-            int active = P;
+            std::fill(acc_.begin(), acc_.end(), T(0));
+            for (int r = 0; r < TS; ++r) row_live[r] = r < tv.h ? tv.w : 0;
+            int active = tv.w * tv.h;
             for (int64_t k = tv.start; k < tv.end && active > 0; ++k) {
                 const int64_t gid = flatten_ids[k];
                 const T mx = means2d[gid * 2], my = means2d[gid * 2 + 1];
-                const T* conic = conics + gid * 3;
+                const T conic[3] = {conics[gid * 3], conics[gid * 3 + 1], conics[gid * 3 + 2]};
                 const T opac = opacities[gid];
-                const T* col = colors + gid * D;
-                for (int p = 0; p < P; ++p) {
-                    if (done[p]) continue;
-                    T vis;
-                    const T alpha = splat_alpha(opac, gauss_sigma(conic, mx - px[p], my - py[p]), vis);
-                    if (alpha == T(0)) continue;
-                    const T next_T = trans[p] * (T(1) - alpha);
-                    if (next_T < T(kTransmittanceMin)) {  // this splat would make the pixel opaque: stop before it
-                        done[p] = 1;
-                        --active;
-                        continue;
+                T col[DC ? DC : 1];
+                const T* colp = colors + gid * D;
+                if constexpr (DC > 0) {
+                    for (int d = 0; d < DC; ++d) col[d] = colp[d];
+                }
+                int r0, r1;
+                reachable_rows(conic, opac, my, tv, r0, r1);
+                const T ca = conic[0], cb = conic[1], cc = conic[2];  // scalars: loads from a local array block vectorisation
+                for (int r = r0; r <= r1; ++r) {
+                    if (row_live[r] == 0) continue;
+                    const int base = r * TS;
+                    const int32_t k32 = int32_t(k);
+                    T stops = 0;  // (a float count: an int reduction beside float lanes blocks vectorisation)
+#pragma omp simd reduction(+ : stops)
+                    for (int c = 0; c < TS; ++c) {
+                        const int p = base + c;
+                        const T alpha = splat_alpha(opac, gauss_sigma(ca, cb, cc, mx - px[p], my - py[p])).alpha;
+                        const bool ok = (live[p] != T(0)) & (alpha != T(0));
+                        const T next_T = trans[p] * (T(1) - alpha);
+                        const bool stop = ok & (next_T < T(kTransmittanceMin));  // would make the pixel opaque: stop before it
+                        const bool blend = ok & !stop;
+                        const T w = blend ? alpha * trans[p] : T(0);
+                        if constexpr (DC > 0) {
+                            for (int d = 0; d < DC; ++d) acc[size_t(d) * TP + p] += w * col[d];
+                        } else {
+                            for (int d = 0; d < D; ++d) acc[size_t(d) * TP + p] += w * colp[d];
+                        }
+                        trans[p] = blend ? next_T : trans[p];
+                        last[p] = blend ? k32 : last[p];
+                        live[p] = stop ? T(0) : live[p];
+                        stops += stop ? T(1) : T(0);
                     }
-                    const T w = alpha * trans[p];
-                    for (int d = 0; d < D; ++d) acc[size_t(d) * P + p] += w * col[d];
-                    trans[p] = next_T;
-                    last[p] = int32_t(k);
+                    row_live[r] -= int(stops);
+                    active -= int(stops);
                 }
             }
-            for (int p = 0; p < P; ++p) {
-                const int64_t pix = (tv.cam * g.height + tv.y0 + p / tv.w) * int64_t(g.width) + tv.x0 + p % tv.w;
-                for (int d = 0; d < D; ++d)
-                    render_colors[pix * D + d] = acc[size_t(d) * P + p] + (backgrounds ? trans[p] * backgrounds[tv.cam * D + d] : T(0));
-                render_alphas[pix] = T(1) - trans[p];
-                last_ids[pix] = last[p];
-            }
+            for (int r = 0; r < tv.h; ++r)
+                for (int c = 0; c < tv.w; ++c) {
+                    const int p = r * TS + c;
+                    const int64_t pix = (tv.cam * g.height + tv.y0 + r) * int64_t(g.width) + tv.x0 + c;
+                    for (int d = 0; d < D; ++d)
+                        render_colors[pix * D + d] = acc[size_t(d) * TP + p] + (backgrounds ? trans[p] * backgrounds[tv.cam * D + d] : T(0));
+                    render_alphas[pix] = T(1) - trans[p];
+                    last_ids[pix] = last[p];
+                }
         }
     }
 }
 
-template <typename T>
-void rasterize_bwd_cpu(const TileGrid& g, int D, const T* means2d, const T* conics, const T* colors, const T* opacities,
-                       const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
-                       const T* render_alphas, const int32_t* last_ids, const T* v_render_colors, const T* v_render_alphas,
-                       T* v_means2d, T* v_means2d_abs, T* v_conics, T* v_colors, T* v_opacities) {
+// Per-intersection gradient record: each intersection belongs to exactly one tile, so tiles never
+// write the same memory; they are summed per Gaussian afterwards, in order (deterministic).
+constexpr int kRecordFixed = 8;  // mean2d (2), |mean2d| (2), conic (3), opacity (1); then D colour values
+
+template <typename T, int DC>
+void rasterize_bwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* conics, const T* colors, const T* opacities,
+                         const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
+                         const T* render_alphas, const int32_t* last_ids, const T* v_render_colors, const T* v_render_alphas,
+                         T* records) {
+    const int D = DC ? DC : D_;
+    const int stride = kRecordFixed + D;
+    const int TS = g.tile_size, TP = TS * TS;
     const int64_t n_tiles = int64_t(g.C) * g.tiles_w * g.tiles_h;
-    const int TP = g.tile_size * g.tile_size;
-    // Per-intersection gradients: each belongs to exactly one tile, so tiles never collide.
-    const int stride = 2 + 2 + 3 + 1 + D;  // mean2d, |mean2d|, conic, opacity, colour
-    std::vector<T> buf(size_t(n_isects) * stride, T(0));
 #pragma omp parallel
     {
-        std::vector<T> px(TP), py(TP), trans(TP), t_final(TP), v_a(TP), bg_dot(TP), behind(size_t(D) * TP), v_out(size_t(D) * TP);
-        std::vector<int32_t> last(TP);
-        std::vector<T> v_col(D);
+        std::vector<T> buf(size_t(TP) * (8 + 2 * D) + size_t(TS) * (6 + D));
+        std::vector<T> row_last(TS);  // last splat any pixel of the row blended
+        T* __restrict px = buf.data();
+        T* __restrict py = px + TP;
+        T* __restrict trans = py + TP;
+        T* __restrict t_final = trans + TP;
+        T* __restrict v_a = t_final + TP;
+        T* __restrict bg_dot = v_a + TP;
+        T* __restrict lastf = bg_dot + TP;
+        T* __restrict behind = lastf + TP;          // [D][TP]
+        T* __restrict v_out = behind + size_t(D) * TP;  // [D][TP]
+        // per-pixel gradient terms of the current splat, for one row, reduced after the row
+        T* __restrict s_m0 = v_out + size_t(D) * TP;
+        T* __restrict s_m1 = s_m0 + TS;
+        T* __restrict s_c0 = s_m1 + TS;
+        T* __restrict s_c1 = s_c0 + TS;
+        T* __restrict s_c2 = s_c1 + TS;
+        T* __restrict s_op = s_c2 + TS;
+        T* __restrict s_col = s_op + TS;            // [D][TS]
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < n_tiles; ++t) {
-            TileView tv = tile_view(g, t, isect_offsets, n_isects);
-            const int P = tv.w * tv.h;
+            const TileView tv = tile_view(g, t, isect_offsets, n_isects);
             int64_t k_max = -1;
-            for (int p = 0; p < P; ++p) {
-                const int64_t pix = (tv.cam * g.height + tv.y0 + p / tv.w) * int64_t(g.width) + tv.x0 + p % tv.w;
-                px[p] = T(tv.x0 + p % tv.w) + T(0.5);
-                py[p] = T(tv.y0 + p / tv.w) + T(0.5);
-                t_final[p] = trans[p] = T(1) - render_alphas[pix];
-                v_a[p] = v_render_alphas[pix];
-                last[p] = last_ids[pix];
-                k_max = std::max<int64_t>(k_max, last[p]);
+            std::fill(row_last.begin(), row_last.end(), T(-1));
+            for (int p = 0; p < TP; ++p) {
+                const int r = p / TS, c = p % TS;
+                px[p] = T(tv.x0 + c) + T(0.5);
+                py[p] = T(tv.y0 + r) + T(0.5);
+                const bool inside = r < tv.h && c < tv.w;
+                const int64_t pix = (tv.cam * g.height + tv.y0 + (inside ? r : 0)) * int64_t(g.width) + tv.x0 + (inside ? c : 0);
+                t_final[p] = trans[p] = inside ? T(1) - render_alphas[pix] : T(1);
+                v_a[p] = inside ? v_render_alphas[pix] : T(0);
+                const int32_t l = inside ? last_ids[pix] : -1;
+                lastf[p] = T(l);  // as T so that the comparison vectorises with the rest
+                k_max = std::max<int64_t>(k_max, l);
+                row_last[r] = std::max(row_last[r], T(l));
                 T dot = 0;
                 for (int d = 0; d < D; ++d) {
-                    v_out[size_t(d) * P + p] = v_render_colors[pix * D + d];
-                    behind[size_t(d) * P + p] = 0;
-                    if (backgrounds) dot += backgrounds[tv.cam * D + d] * v_render_colors[pix * D + d];
+                    const T vo = inside ? v_render_colors[pix * D + d] : T(0);
+                    v_out[size_t(d) * TP + p] = vo;
+                    behind[size_t(d) * TP + p] = 0;
+                    if (backgrounds) dot += backgrounds[tv.cam * D + d] * vo;
                 }
                 bg_dot[p] = dot;
             }
@@ -130,51 +206,125 @@ void rasterize_bwd_cpu(const TileGrid& g, int D, const T* means2d, const T* coni
             for (int64_t k = k_max; k >= tv.start; --k) {
                 const int64_t gid = flatten_ids[k];
                 const T mx = means2d[gid * 2], my = means2d[gid * 2 + 1];
-                const T* conic = conics + gid * 3;
+                const T conic[3] = {conics[gid * 3], conics[gid * 3 + 1], conics[gid * 3 + 2]};
+                const T ca = conic[0], cb = conic[1], cc = conic[2];
                 const T opac = opacities[gid];
-                const T* col = colors + gid * D;
-                T v_mean[2] = {0, 0}, v_abs[2] = {0, 0}, v_con[3] = {0, 0, 0}, v_op = 0;
-                std::fill(v_col.begin(), v_col.end(), T(0));
-                for (int p = 0; p < P; ++p) {
-                    if (k > last[p]) continue;
-                    const T dx = mx - px[p], dy = my - py[p];
-                    T vis;
-                    const T alpha = splat_alpha(opac, gauss_sigma(conic, dx, dy), vis);
-                    if (alpha == T(0)) continue;
-                    const T ra = T(1) / (T(1) - alpha);
-                    trans[p] *= ra;  // transmittance in front of this splat
-                    const T fac = alpha * trans[p];
-                    T v_alpha = 0;
-                    for (int d = 0; d < D; ++d) {
-                        const T vo = v_out[size_t(d) * P + p];
-                        v_col[d] += fac * vo;
-                        v_alpha += (col[d] * trans[p] - behind[size_t(d) * P + p] * ra) * vo;
-                        behind[size_t(d) * P + p] += col[d] * fac;
-                    }
-                    v_alpha += t_final[p] * ra * (v_a[p] - bg_dot[p]);
-                    T v_m[2] = {0, 0};
-                    splat_alpha_vjp(opac, vis, conic, dx, dy, v_alpha, v_con, v_m, v_op);
-                    v_mean[0] += v_m[0];
-                    v_mean[1] += v_m[1];
-                    v_abs[0] += v_m[0] < 0 ? -v_m[0] : v_m[0];
-                    v_abs[1] += v_m[1] < 0 ? -v_m[1] : v_m[1];
+                const T* colp = colors + gid * D;
+                T col[DC ? DC : 1];
+                if constexpr (DC > 0) {
+                    for (int d = 0; d < DC; ++d) col[d] = colp[d];
                 }
-                T* b = buf.data() + size_t(k) * stride;
-                b[0] = v_mean[0]; b[1] = v_mean[1]; b[2] = v_abs[0]; b[3] = v_abs[1];
-                b[4] = v_con[0]; b[5] = v_con[1]; b[6] = v_con[2]; b[7] = v_op;
-                for (int d = 0; d < D; ++d) b[8 + d] = v_col[d];
+                const T kf = T(k);
+                T* rec = records + size_t(k) * stride;
+                for (int i = 0; i < stride; ++i) rec[i] = 0;
+                int r0, r1;
+                reachable_rows(conic, opac, my, tv, r0, r1);
+                for (int r = r0; r <= r1; ++r) {
+                    if (kf > row_last[r]) continue;
+                    const int base = r * TS;
+#pragma omp simd
+                    for (int c = 0; c < TS; ++c) {
+                        const int p = base + c;
+                        const T dx = mx - px[p], dy = my - py[p];
+                        const SplatAlpha<T> sa = splat_alpha(opac, gauss_sigma(ca, cb, cc, dx, dy));
+                        const T alpha = kf <= lastf[p] ? sa.alpha : T(0);  // only splats the pixel blended
+                        const bool on = alpha != T(0);
+                        const T ra = T(1) / (T(1) - alpha);
+                        const T tr = trans[p] * ra;  // transmittance in front of this splat
+                        trans[p] = tr;
+                        const T fac = alpha * tr;
+                        T v_alpha = 0;
+                        for (int d = 0; d < D; ++d) {
+                            const T vo = v_out[size_t(d) * TP + p];
+                            const T cd = DC ? col[DC ? d : 0] : colp[d];
+                            s_col[size_t(d) * TS + c] = fac * vo;
+                            v_alpha += (cd * tr - behind[size_t(d) * TP + p] * ra) * vo;
+                            behind[size_t(d) * TP + p] += cd * fac;
+                        }
+                        v_alpha += t_final[p] * ra * (v_a[p] - bg_dot[p]);
+                        v_alpha = on ? v_alpha : T(0);
+                        const SplatGrad<T> gr = splat_alpha_vjp(opac, sa.vis, conic, dx, dy, v_alpha);
+                        s_m0[c] = gr.mean[0];
+                        s_m1[c] = gr.mean[1];
+                        s_c0[c] = gr.conic[0];
+                        s_c1[c] = gr.conic[1];
+                        s_c2[c] = gr.conic[2];
+                        s_op[c] = gr.opacity;
+                    }
+                    T m0 = 0, m1 = 0, a0 = 0, a1 = 0, c0 = 0, c1 = 0, c2 = 0, op = 0;
+#pragma omp simd reduction(+ : m0, m1, a0, a1, c0, c1, c2, op)
+                    for (int c = 0; c < TS; ++c) {
+                        m0 += s_m0[c];
+                        m1 += s_m1[c];
+                        a0 += std::abs(s_m0[c]);
+                        a1 += std::abs(s_m1[c]);
+                        c0 += s_c0[c];
+                        c1 += s_c1[c];
+                        c2 += s_c2[c];
+                        op += s_op[c];
+                    }
+                    rec[0] += m0; rec[1] += m1; rec[2] += a0; rec[3] += a1;
+                    rec[4] += c0; rec[5] += c1; rec[6] += c2; rec[7] += op;
+                    for (int d = 0; d < D; ++d) {
+                        T s = 0;
+#pragma omp simd reduction(+ : s)
+                        for (int c = 0; c < TS; ++c) s += s_col[size_t(d) * TS + c];
+                        rec[kRecordFixed + d] += s;
+                    }
+                }
             }
         }
     }
-    // Sum per Gaussian, in intersection order (deterministic).
+}
+
+template <typename F> void with_channels(int D, F&& f) {
+    switch (D) {
+        case 1: f(std::integral_constant<int, 1>()); break;
+        case 2: f(std::integral_constant<int, 2>()); break;
+        case 3: f(std::integral_constant<int, 3>()); break;
+        case 4: f(std::integral_constant<int, 4>()); break;
+        default: f(std::integral_constant<int, 0>());
+    }
+}
+
+}  // namespace
+
+template <typename T>
+void rasterize_fwd_cpu(const TileGrid& g, int D, const T* means2d, const T* conics, const T* colors, const T* opacities,
+                       const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
+                       T* render_colors, T* render_alphas, int32_t* last_ids) {
+    with_channels(D, [&](auto dc) {
+        rasterize_fwd_tiles<T, decltype(dc)::value>(g, D, means2d, conics, colors, opacities, backgrounds, isect_offsets,
+                                                    flatten_ids, n_isects, render_colors, render_alphas, last_ids);
+    });
+}
+
+template <typename T>
+void rasterize_bwd_cpu(const TileGrid& g, int D, const T* means2d, const T* conics, const T* colors, const T* opacities,
+                       const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
+                       const T* render_alphas, const int32_t* last_ids, const T* v_render_colors, const T* v_render_alphas,
+                       T* v_means2d, T* v_means2d_abs, T* v_conics, T* v_colors, T* v_opacities) {
+    const int stride = kRecordFixed + D;
+    std::vector<T> records(size_t(n_isects) * stride, T(0));
+    with_channels(D, [&](auto dc) {
+        rasterize_bwd_tiles<T, decltype(dc)::value>(g, D, means2d, conics, colors, opacities, backgrounds, isect_offsets,
+                                                    flatten_ids, n_isects, render_alphas, last_ids, v_render_colors,
+                                                    v_render_alphas, records.data());
+    });
     for (int64_t k = 0; k < n_isects; ++k) {
         const int64_t gid = flatten_ids[k];
-        const T* b = buf.data() + size_t(k) * stride;
-        v_means2d[gid * 2] += b[0]; v_means2d[gid * 2 + 1] += b[1];
-        if (v_means2d_abs) { v_means2d_abs[gid * 2] += b[2]; v_means2d_abs[gid * 2 + 1] += b[3]; }
-        v_conics[gid * 3] += b[4]; v_conics[gid * 3 + 1] += b[5]; v_conics[gid * 3 + 2] += b[6];
+        const T* b = records.data() + size_t(k) * stride;
+        v_means2d[gid * 2] += b[0];
+        v_means2d[gid * 2 + 1] += b[1];
+        if (v_means2d_abs) {
+            v_means2d_abs[gid * 2] += b[2];
+            v_means2d_abs[gid * 2 + 1] += b[3];
+        }
+        v_conics[gid * 3] += b[4];
+        v_conics[gid * 3 + 1] += b[5];
+        v_conics[gid * 3 + 2] += b[6];
         v_opacities[gid] += b[7];
-        for (int d = 0; d < D; ++d) v_colors[gid * D + d] += b[8 + d];
+        for (int d = 0; d < D; ++d) v_colors[gid * D + d] += b[kRecordFixed + d];
     }
 }
 
