@@ -44,15 +44,6 @@ def _metrics(shot: np.ndarray, ref: np.ndarray):
     return float(covered_shot), float(covered_ref), float(err.mean()), float(np.percentile(err.max(-1), 90))
 
 
-def _camtoworld(cam) -> np.ndarray:
-    from gsplat_kit.viewer.app import _rotmat
-
-    c2w = np.eye(4)
-    c2w[:3, :3] = _rotmat(cam.wxyz)
-    c2w[:3, 3] = cam.position
-    return c2w
-
-
 @pytest.mark.parametrize("path", ["server", "client"])
 def test_browser_shows_scene(path, tmp_path):
     from PIL import Image
@@ -65,8 +56,8 @@ def test_browser_shows_scene(path, tmp_path):
     try:
         app.set_scene(sphere_splats(4000), None, "sphere")
         app.gui_bg.value = BG            # the background-colour control, as the page would set it
-        ic = app.server.initial_camera
-        ic.position, ic.look_at, ic.up, ic.fov = (0.0, -0.8, -2.0), (0.0, 0.0, 0.0), (0.0, -1.0, 0.0), 0.87
+        ic, k = app.server.initial_camera, app.world_scale    # the page works in scaled "viewer units"
+        ic.position, ic.look_at, ic.up, ic.fov = (0.0, -0.8 * k, -2.0 * k), (0.0, 0.0, 0.0), (0.0, -1.0, 0.0), 0.87
 
         with Chromium(W, H) as browser:
             browser.navigate(app.url)
@@ -77,7 +68,7 @@ def test_browser_shows_scene(path, tmp_path):
                 shot = browser.screenshot()
                 cam = stream.client.camera
                 assert (cam.image_width, cam.image_height) == (W, H)
-                ref = app.renderer.render(_camtoworld(cam), cam.fov, W, H,
+                ref = app.renderer.render(app.camera_to_world(cam), cam.fov, W, H,
                                           RenderSettings(background=tuple(c / 255 for c in BG)))
                 metrics = _metrics(shot, ref)
                 best = (metrics, shot, ref)

@@ -30,11 +30,18 @@ def _view(eye, w=320, h=240):
     return look_at_view(eye, [0, 0, 0], UP, w, h, 50)
 
 
+def _send(client, app, view, w=None, h=None):
+    """Sends a scene-units camera the way the page would: in the page's viewer units."""
+    c2w = view.camtoworld.copy()
+    c2w[:3, 3] *= app.world_scale
+    client.send_camera(c2w, view.fov_y, w or view.width, h or view.height)
+
+
 def test_camera_update_gives_new_frame_with_fps_and_adaptive_resolution(app):
     app.target_fps = 1000.0  # unreachable: the moving resolution must drop below full
     with ViserTestClient(app.url) as client:
         a = _view([0, -0.8, -2.2])
-        client.send_camera(a.camtoworld, a.fov_y, 320, 240)
+        _send(client, app, a, 320, 240)
         assert client.wait_frames(2, 30), "no frame after the first camera message"  # [0] is the plain background
         time.sleep(1.0)
         n = len(client.frames)
@@ -43,7 +50,7 @@ def test_camera_update_gives_new_frame_with_fps_and_adaptive_resolution(app):
 
         # a camera move from the client -> a new frame of the new view (low-res first, sharp when it rests)
         b = _view([2.2, -0.8, 0.0])
-        client.send_camera(b.camtoworld, b.fov_y, 320, 240)
+        _send(client, app, b, 320, 240)
         assert client.wait_frames(n + 1, 30), "a camera update produced no new frame"
         time.sleep(1.0)
         new = [ViserTestClient.decode(f) for f in client.frames[n:]]
@@ -63,10 +70,10 @@ def test_frustum_click_jumps_to_training_camera(app):
     app.set_scene(sphere_splats(3000), views, "sphere")
     assert len(app._frusta) == 3
     with ViserTestClient(app.url) as client:
-        client.send_camera(views[0].camtoworld, 0.9, 320, 240)
+        _send(client, app, views[0])
         app.wait_for_client(10)
         client.click_node("/cameras/0001")
-        target = views[1].camtoworld[:3, 3]
+        target = views[1].camtoworld[:3, 3] * app.world_scale
         msg = client.wait_message(lambda m: m["type"] == "SetCameraPositionMessage"
                                   and np.allclose(m["position"], target, atol=1e-5), 10)
         assert msg is not None, "clicking a frustum did not move the camera to it"
@@ -104,7 +111,7 @@ def test_live_viewer_update_pause_and_snapshot():
         assert live.snapshots == 0, "no page open: update() must not copy the splats"
         with ViserTestClient(live.url) as client:
             v = _view([0, -0.8, -2.2])
-            client.send_camera(v.camtoworld, v.fov_y, 320, 240)
+            _send(client, live.app, v, 320, 240)
             live.app.wait_for_client(10)
             # the trainer densifies: the dict's tensors are replaced by a bigger set
             bigger = sphere_splats(2500, seed=1)
@@ -156,7 +163,7 @@ def test_large_scene_goes_to_the_page_in_chunks_within_budget():
     try:
         with ViserTestClient(app.url) as client:
             v = _view([0, -1.5, -6.0])
-            client.send_camera(v.camtoworld, v.fov_y, 320, 240)
+            _send(client, app, v, 320, 240)
             app.wait_for_client(10)
             t0 = time.time()
             app.set_scene(cloud_splats(int(2.5 * CHUNK)), None, "cloud")
@@ -210,7 +217,7 @@ def test_screenshot_button_downloads_png_of_current_view(app):
 
     with ViserTestClient(app.url) as client:
         v = _view([0, -0.8, -2.2])
-        client.send_camera(v.camtoworld, v.fov_y, 320, 240)
+        _send(client, app, v, 320, 240)
         app.wait_for_client(10)
         client.gui_update(app.gui_shot._impl.uuid, value=True)
         start = client.wait_message(lambda m: m["type"] == "FileTransferStartDownload", 30)

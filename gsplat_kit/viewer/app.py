@@ -83,9 +83,7 @@ class ClientStream:
         app = self.app
         try:
             cam = self.client.camera
-            c2w = np.eye(4)
-            c2w[:3, :3] = _rotmat(cam.wxyz)
-            c2w[:3, 3] = cam.position
+            c2w = app.camera_to_world(cam)
             w_full, h_full = max(int(cam.image_width), 1), max(int(cam.image_height), 1)
         except (AssertionError, AttributeError):   # no camera message from this client yet
             return
@@ -97,7 +95,8 @@ class ClientStream:
             img, depth = app.renderer.render_frame(c2w, float(cam.fov), w, h, app.settings)
             if self._stop:      # the page closed while we rendered
                 return
-            send_frame(self.client, img, depth if app.depth_compositing else None, 90 if sharp else 75)
+            send_frame(self.client, img, depth * app.world_scale if app.depth_compositing else None,
+                       90 if sharp else 75)
         except Exception as e:  # keep the loop (and the server) alive; tell the page (once per distinct error)
             msg = f"server-side render failed: {type(e).__name__}: {e}"
             if msg != app.last_error:
@@ -179,6 +178,9 @@ class ViewerApp:
         self.last_error: str | None = None
         self.frames_sent = 0
         self.depth_compositing = True   # send depth with each frame: frusta are hidden behind the splats
+        # The page works in "viewer units": the scene scaled so its radius is ~2. viser's fly keys move 2
+        # units/s and its near plane is 0.01, so COLMAP scenes of any scale navigate alike.
+        self.world_scale = 1.0
         self._streams: dict[int, ClientStream] = {}
         self._stopped_streams: list[ClientStream] = []   # joined in close(): a render may still be running
         self._lock = threading.RLock()
@@ -341,6 +343,9 @@ class ViewerApp:
         self._set_status()
         if views is not None:
             self._views = scene.views
+        if reset_camera:
+            self.world_scale = 2.0 / self._scene_frame()[1]
+        if views is not None or reset_camera:
             self._draw_frusta()
         if reset_camera:
             self._set_initial_camera()
@@ -400,6 +405,8 @@ class ViewerApp:
                 return
             self._client_splats_stale = False
             centers, covs, rgbs, opac = client_buffers(scene.splats, self.settings.scale_modifier, self.client_budget)
+            k = self.world_scale
+            centers, covs = centers * k, covs * (k * k)
             # update the existing nodes in place (no flicker during live training), add or drop the rest
             handles, self._splat_handles = self._splat_handles, []
             n = centers.shape[0]
@@ -438,20 +445,21 @@ class ViewerApp:
 
     def _set_initial_camera(self):
         centre, radius, up = self._scene_frame()
+        k = self.world_scale
         ic = self.server.initial_camera
         if self._views:
             # behind and above the first training camera, looking at the scene: its frustum and the scene show
             v = self._views[0]
             pos = v.camtoworld[:3, 3]
             back = pos - centre
-            ic.position = tuple(pos + 0.5 * back + 0.25 * float(np.linalg.norm(back)) * up)
-            ic.look_at = tuple(centre)
+            ic.position = tuple(k * (pos + 0.5 * back + 0.25 * float(np.linalg.norm(back)) * up))
+            ic.look_at = tuple(k * centre)
             ic.fov = v.fov_y
         else:
             side = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 0.0, 1.0])
             side /= np.linalg.norm(side)
-            ic.position = tuple(centre + 2.2 * radius * side + 0.6 * radius * up)
-            ic.look_at = tuple(centre)
+            ic.position = tuple(k * (centre + 2.2 * radius * side + 0.6 * radius * up))
+            ic.look_at = tuple(k * centre)
         ic.up = tuple(up)
         # pages already open keep their camera otherwise (the initial camera applies to new connections)
         for client in list(self.server.get_clients().values()):
@@ -473,11 +481,12 @@ class ViewerApp:
             return
         centres = np.array([v.camtoworld[:3, 3] for v in self._views])
         extent = float(np.linalg.norm(centres.max(0) - centres.min(0))) if len(centres) > 1 else 1.0
-        scale = 0.025 * max(extent, 1e-3)
+        k = self.world_scale
+        scale = 0.025 * max(extent, 1e-3) * k
         for i, v in enumerate(self._views):
             handle = self.server.scene.add_camera_frustum(
                 f"/cameras/{i:04d}", fov=v.fov_y, aspect=v.width / v.height, scale=scale,
-                thickness=2.0, thickness_units="screen", wxyz=_wxyz(v.camtoworld[:3, :3]), position=v.camtoworld[:3, 3],
+                thickness=2.0, thickness_units="screen", wxyz=_wxyz(v.camtoworld[:3, :3]), position=k * v.camtoworld[:3, 3],
                 color=(255, 140, 0), visible=bool(self.gui_frusta.value))
             handle.on_click(lambda ev, v=v: self.jump_to(ev.client, v))
             self._frusta.append(handle)
@@ -491,7 +500,7 @@ class ViewerApp:
         with client.atomic():
             client.camera.fov = view.fov_y
             client.camera.wxyz = _wxyz(view.camtoworld[:3, :3])
-            client.camera.position = view.camtoworld[:3, 3]
+            client.camera.position = self.world_scale * view.camtoworld[:3, 3]
 
     # ---------------------------------------------------------------- screenshot
     def _screenshot(self, event):
@@ -502,16 +511,20 @@ class ViewerApp:
             cam = client.camera
             w, h = int(cam.image_width), int(cam.image_height)
             if self.render_path == "server" and self.renderer.ready:
-                c2w = np.eye(4)
-                c2w[:3, :3] = _rotmat(cam.wxyz)
-                c2w[:3, 3] = cam.position
-                img = self.renderer.render(c2w, float(cam.fov), w, h, self.settings)
+                img = self.renderer.render(self.camera_to_world(cam), float(cam.fov), w, h, self.settings)
             else:
                 img = client.get_render(height=h, width=w, transport_format="png", timeout=30.0)[..., :3]
             client.send_file_download(f"gsplat_kit_{time.strftime('%Y%m%d_%H%M%S')}.png", encode_png(img),
                                       save_immediately=True)
         except Exception as e:
             self.report_error(f"screenshot failed: {type(e).__name__}: {e}")
+
+    def camera_to_world(self, cam) -> np.ndarray:
+        """A page camera (viser handle, viewer units) as an OpenCV camera-to-world matrix in scene units."""
+        c2w = np.eye(4)
+        c2w[:3, :3] = _rotmat(cam.wxyz)
+        c2w[:3, 3] = np.asarray(cam.position, np.float64) / self.world_scale
+        return c2w
 
     # ---------------------------------------------------------------- lifecycle
     def wait_for_client(self, timeout: float = 30.0) -> ClientStream:
