@@ -480,9 +480,17 @@ class ViewerApp:
         if not self._views:
             return
         centres = np.array([v.camtoworld[:3, 3] for v in self._views])
-        extent = float(np.linalg.norm(centres.max(0) - centres.min(0))) if len(centres) > 1 else 1.0
         k = self.world_scale
-        scale = 0.025 * max(extent, 1e-3) * k
+        if len(centres) > 1:
+            # half the median spacing of neighbouring cameras: frusta of a dense capture do not overlap
+            sub = centres[:: max(1, len(centres) // 500)]
+            d = np.linalg.norm(sub[:, None] - sub[None], axis=-1)
+            np.fill_diagonal(d, np.inf)
+            extent = float(np.linalg.norm(centres.max(0) - centres.min(0)))
+            scale = min(0.5 * float(np.median(d.min(1))), 0.05 * extent) * k
+        else:
+            scale = 0.1 * 2.0   # one camera: a tenth of the normalised scene radius
+        scale = max(scale, 1e-3)
         for i, v in enumerate(self._views):
             handle = self.server.scene.add_camera_frustum(
                 f"/cameras/{i:04d}", fov=v.fov_y, aspect=v.width / v.height, scale=scale,
