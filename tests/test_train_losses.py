@@ -34,6 +34,12 @@ def test_fast_ssim_matches_full_window():
     assert abs(float(ssim(a, b)) - float(_ssim_2d(a, b))) < 1e-10
     assert abs(float(ssim(a, a)) - 1.0) < 1e-10
     assert float(ssim(a, torch.rand(a.shape, generator=g, dtype=torch.float64))) < 0.2
+    # both separable paths (shifted sums: CPU; depthwise conv: GPU) agree, also without padding
+    from gsplat_kit.train.losses import _blur_conv, _blur_shifted, _gauss_1d
+
+    w = _gauss_1d(11, 1.5, a.device, a.dtype)
+    for pad in (5, 0):
+        assert torch.allclose(_blur_conv(a, w, pad), _blur_shifted(a, w.tolist(), pad), atol=1e-12)
 
 
 def test_photometric_loss_and_gradient():
