@@ -6,6 +6,7 @@ import math
 import os
 import random
 import resource
+import sys
 import time
 
 import numpy as np
@@ -97,6 +98,9 @@ class Trainer:
         resume = cfg.resume
         if resume == "auto":
             resume = ckpt.latest_checkpoint(cfg.out) if cfg.out else None
+            if resume is None:
+                print(f"resume: no checkpoint under {os.path.join(cfg.out, ckpt.CKPT_DIR)}; starting from step 0",
+                      file=sys.stderr)
         if resume:
             self._restore(resume)
         else:
