@@ -81,6 +81,23 @@ def test_frustum_click_jumps_to_training_camera(app):
         assert fov is not None and abs(fov["fov"] - views[1].fov_y) < 1e-6
 
 
+def test_depth_mode_switches_client_path_to_server():
+    a = ViewerApp("127.0.0.1", 0, render_path="client", device="cpu")
+    try:
+        a.set_scene(sphere_splats(500), None, "sphere")
+        with ViserTestClient(a.url) as client:
+            _send(client, a, _view([0, -0.8, -2.2]))
+            a.wait_for_client(10)
+            client.gui_update(a.gui_mode._impl.uuid, value="Depth")   # what the page sends
+            t_end = time.time() + 10
+            while a.render_path != "server" and time.time() < t_end:
+                time.sleep(0.02)
+            assert a.render_path == "server" and a.settings.mode == "Depth"
+            assert all(not h.visible for h in a._splat_handles)
+    finally:
+        a.close()
+
+
 def test_render_modes_sh_scale_and_background():
     r = SplatRenderer("cpu")
     r.set_splats(sphere_splats(3000, sh_degree=1))

@@ -236,7 +236,7 @@ class ViewerApp:
         self.gui_load.on_click(lambda ev: self.load(self.gui_path.value.strip()))
         self.gui_path_dd.on_update(lambda _: self.set_render_path(
             next(k for k, v in RENDER_PATHS.items() if v == self.gui_path_dd.value)))
-        self.gui_mode.on_update(lambda _: self._settings_changed(mode=self.gui_mode.value))
+        self.gui_mode.on_update(lambda _: self._mode_changed(self.gui_mode.value))
         self.gui_sh.on_update(lambda _: self._settings_changed(sh_degree=int(self.gui_sh.value)))
         self.gui_scale.on_update(lambda _: self._settings_changed(scale_modifier=float(self.gui_scale.value),
                                                                   client=True))
@@ -293,6 +293,12 @@ class ViewerApp:
             if self.render_path == "client":
                 self._send_client_splats()
         self._refresh_all()
+
+    def _mode_changed(self, mode: str):
+        # WebGL splatting only draws colour: depth and alpha come from the server path, so switch to it
+        if mode != "RGB" and self.render_path == "client":
+            self.set_render_path("server")
+        self._settings_changed(mode=mode)
 
     def _set_attr_refresh(self, name, value):
         setattr(self, name, value)
