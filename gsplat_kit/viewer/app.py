@@ -160,7 +160,7 @@ class ViewerApp:
     """A running viewer server. `set_scene()` / `load()` swap what it shows; `close()` stops it."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, render_path: str | None = None,
-                 device=None, client_budget: int = 500_000, max_resolution: int = 1280,
+                 device=None, client_budget: int = 500_000, max_resolution: int | None = None,
                  target_fps: float = 15.0, title: str = "gsplat_kit viewer"):
         import viser
 
@@ -172,7 +172,8 @@ class ViewerApp:
         self.render_path = render_path
         self.settings = RenderSettings()
         self.client_budget = int(client_budget)
-        self.max_resolution = int(max_resolution)
+        # frames the CPU kernels can turn around interactively are smaller than what a GPU can
+        self.max_resolution = int(max_resolution or (1920 if self.renderer.device.type == "cuda" else 1280))
         self.target_fps = float(target_fps)
         self.scene: ViewerScene | None = None
         self.last_error: str | None = None

@@ -16,7 +16,8 @@ def register(subparsers):
     p.add_argument("--renderer", choices=("client", "server"), default=None,
                    help="initial rendering path (default: server with CUDA, else client); switchable in the page")
     p.add_argument("--device", default=None, help="device for server-side rendering (default: cuda if available)")
-    p.add_argument("--max-resolution", type=int, default=1280, help="longest side of server-rendered frames")
+    p.add_argument("--max-resolution", type=int, default=None,
+                   help="longest side of server-rendered frames (default 1920 with CUDA, 1280 on the CPU)")
     p.add_argument("--client-budget", type=int, default=500_000,
                    help="most Gaussians sent to the browser for WebGL splatting (the most visible ones)")
     p.set_defaults(func=_view)
