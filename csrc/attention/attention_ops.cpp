@@ -1,4 +1,138 @@
-// Fused attention-map control kernel: registration (filled in by the attention component).
+// Fused attention-map control kernel: tensor checks, layouts, and dispatch to the CPU
+// (attention_cpu.cpp) or CUDA (attention.cu) launchers. gsplat_kit/edit/kernel.py is the Python side.
 #include <torch/extension.h>
 
-void register_attention(pybind11::module_& m) {}
+#include "attention.h"
+
+#if GSPLAT_KIT_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace {
+
+using torch::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// out [B*H, Q, Dv] = edited softmax(scale q k^T) v; see attention_math.h for what "edited" means.
+// src/slot/store_idx: one entry per batch element (B = q.size(0) / heads).
+Tensor attention_forward(Tensor q, Tensor k, Tensor v, int64_t heads, double scale, std::vector<int64_t> src,
+                         std::vector<int64_t> slot, OptTensor col_ptr, OptTensor rows, OptTensor vals, OptTensor c,
+                         OptTensor store, std::vector<int64_t> store_idx) {
+    TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "attention_forward: q, k, v must be [B*heads, L, dim], got ",
+                q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+    const auto dt = q.scalar_type();
+    TORCH_CHECK(dt == torch::kFloat32 || dt == torch::kFloat64, "attention_forward: float32 or float64 expected, got ", dt);
+    TORCH_CHECK(k.scalar_type() == dt && v.scalar_type() == dt, "attention_forward: q, k, v must share a dtype");
+    TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), "attention_forward: q, k, v must be on one device");
+    const int64_t BH = q.size(0), Q = q.size(1), D = q.size(2), K = k.size(1), Dv = v.size(2);
+    TORCH_CHECK(heads > 0 && BH % heads == 0, "attention_forward: q.size(0)=", BH, " is not a multiple of heads=", heads);
+    TORCH_CHECK(k.size(0) == BH && v.size(0) == BH && k.size(2) == D && v.size(1) == K,
+                "attention_forward: shapes disagree: q ", q.sizes(), ", k ", k.sizes(), ", v ", v.sizes());
+    TORCH_CHECK(Q > 0 && K > 0 && D > 0 && Dv > 0, "attention_forward: empty q, k or v");
+    const int64_t B = BH / heads;
+    TORCH_CHECK(B <= gk::attn::kMaxBatch, "attention_forward: at most ", gk::attn::kMaxBatch, " batch elements, got ", B);
+    if (store_idx.empty()) store_idx.assign(B, -1);
+    TORCH_CHECK((int64_t)src.size() == B && (int64_t)slot.size() == B && (int64_t)store_idx.size() == B,
+                "attention_forward: src, slot and store_idx need one entry per batch element (", B, ")");
+
+    gk::attn::Routing route{};
+    route.B = int(B);
+    bool any_slot = false;
+    int64_t n_store_rows = store ? store->size(0) : 0;
+    for (int64_t b = 0; b < B; ++b) {
+        TORCH_CHECK(src[b] >= -1 && src[b] < B, "attention_forward: src[", b, "]=", src[b], " out of range");
+        TORCH_CHECK(src[b] < 0 || src[src[b]] < 0, "attention_forward: src[", b, "]=", src[b], " is itself edited");
+        TORCH_CHECK(src[b] != b, "attention_forward: element ", b, " is its own source");
+        TORCH_CHECK(slot[b] < 0 || src[b] >= 0, "attention_forward: element ", b, " has an edit slot but no source");
+        TORCH_CHECK(store_idx[b] < n_store_rows, "attention_forward: store_idx[", b, "]=", store_idx[b], " but the store has ",
+                    n_store_rows, " rows");
+        route.src[b] = int32_t(src[b]);
+        route.slot[b] = int32_t(slot[b] < 0 ? -1 : slot[b]);
+        route.store_idx[b] = int32_t(store_idx[b] < 0 ? -1 : store_idx[b]);
+        any_slot |= slot[b] >= 0;
+    }
+
+    int64_t n_slots = 0;
+    if (any_slot) {
+        TORCH_CHECK(col_ptr && rows && vals && c, "attention_forward: an edit slot is used but col_ptr/rows/vals/c are missing");
+        TORCH_CHECK(c->dim() == 2 && c->size(1) == K && c->scalar_type() == dt && c->is_contiguous() && c->device() == q.device(),
+                    "attention_forward: c must be a contiguous [slots, K=", K, "] tensor of q's dtype and device, got ", c->sizes());
+        n_slots = c->size(0);
+        TORCH_CHECK(col_ptr->dim() == 2 && col_ptr->size(0) == n_slots && col_ptr->size(1) == K + 1 &&
+                        col_ptr->scalar_type() == torch::kInt32 && col_ptr->is_contiguous() && col_ptr->device() == q.device(),
+                    "attention_forward: col_ptr must be a contiguous int32 [slots, K+1] tensor, got ", col_ptr->sizes());
+        TORCH_CHECK(rows->dim() == 1 && vals->dim() == 1 && rows->size(0) == vals->size(0) && rows->scalar_type() == torch::kInt32 &&
+                        vals->scalar_type() == dt && rows->is_contiguous() && vals->is_contiguous() &&
+                        rows->device() == q.device() && vals->device() == q.device(),
+                    "attention_forward: rows (int32) and vals (q's dtype) must be contiguous 1-D tensors of one length");
+        if (!q.is_cuda()) {  // on the GPU these come from gsplat_kit/edit/plan.py as they are
+            const int32_t* cp = col_ptr->data_ptr<int32_t>();
+            const int32_t* rw = rows->data_ptr<int32_t>();
+            const int64_t nnz = rows->size(0);
+            for (int64_t i = 0; i < col_ptr->numel(); ++i)
+                TORCH_CHECK(cp[i] >= 0 && cp[i] <= nnz && (i % (K + 1) == 0 || cp[i] >= cp[i - 1]), "attention_forward: bad col_ptr");
+            for (int64_t i = 0; i < nnz; ++i) TORCH_CHECK(rw[i] >= 0 && rw[i] < K, "attention_forward: row index out of range");
+        }
+        for (int64_t b = 0; b < B; ++b)
+            TORCH_CHECK(slot[b] < n_slots, "attention_forward: slot[", b, "]=", slot[b], " but ", n_slots, " slots given");
+    }
+    if (store) {
+        TORCH_CHECK(store->dim() == 3 && store->size(1) == Q && store->size(2) == K && store->scalar_type() == dt &&
+                        store->is_contiguous() && store->device() == q.device(),
+                    "attention_forward: store must be a contiguous [rows, Q=", Q, ", K=", K, "] tensor of q's dtype and device, got ",
+                    store->sizes());
+    }
+
+    q = q.contiguous();
+    Tensor out = torch::empty({BH, Q, Dv}, q.options());
+    return AT_DISPATCH_FLOATING_TYPES(dt, "attention_forward", [&] {
+        gk::attn::AttnArgs<scalar_t> a{};
+        a.B = int(B); a.H = int(heads); a.Q = int(Q); a.K = int(K); a.D = int(D); a.Dv = int(Dv);
+        a.scale = scalar_t(scale);
+        a.route = route;
+        if (any_slot)
+            a.edit = {col_ptr->data_ptr<int32_t>(), rows->data_ptr<int32_t>(), vals->data_ptr<scalar_t>(), c->data_ptr<scalar_t>(), int(K)};
+        a.store = store ? store->data_ptr<scalar_t>() : nullptr;
+        a.out = out.data_ptr<scalar_t>();
+        a.q = q.data_ptr<scalar_t>();
+        if (q.is_cuda()) {
+#if GSPLAT_KIT_WITH_CUDA
+            TORCH_CHECK(Dv <= gk::attn::kCudaMaxDv, "attention_forward: value head dim ", Dv, " above the CUDA kernel's ", gk::attn::kCudaMaxDv);
+            const c10::cuda::CUDAGuard guard(q.device());
+            Tensor kc = k.contiguous(), vc = v.contiguous();
+            a.Kp = int(K); a.Dvp = int(Dv);
+            a.k = kc.data_ptr<scalar_t>(); a.v = vc.data_ptr<scalar_t>();
+            gk::attn::attention_fwd_cuda<scalar_t>(a, (void*)c10::cuda::getCurrentCUDAStream().stream());
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+#else
+            TORCH_CHECK(false, "attention_forward: gsplat_kit._C was built without CUDA kernels; rebuild with a CUDA build of torch and nvcc present");
+#endif
+        } else {
+            // Keys transposed and both padded to the register-tile width (sizes of k and v: cheap next to any map).
+            const int64_t Kp = round_up(K, gk::attn::kCpuPad), Dvp = round_up(Dv, gk::attn::kCpuPad);
+            Tensor kt = torch::zeros({BH, D, Kp}, q.options());
+            kt.narrow(2, 0, K).copy_(k.transpose(1, 2));
+            Tensor vp = Dvp == Dv ? v.contiguous() : torch::zeros({BH, K, Dvp}, q.options());
+            if (Dvp != Dv) vp.narrow(2, 0, Dv).copy_(v);
+            a.Kp = int(Kp); a.Dvp = int(Dvp);
+            a.k = kt.data_ptr<scalar_t>(); a.v = vp.data_ptr<scalar_t>();
+            gk::attn::attention_fwd_cpu<scalar_t>(a);
+        }
+        return out;
+    });
+}
+
+}  // namespace
+
+void register_attention(pybind11::module_& m) {
+    m.def("attention_forward", &attention_forward, "Fused attention with Prompt-to-Prompt map control (see attention_math.h)",
+          pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("heads"), pybind11::arg("scale"),
+          pybind11::arg("src"), pybind11::arg("slot"), pybind11::arg("col_ptr") = pybind11::none(),
+          pybind11::arg("rows") = pybind11::none(), pybind11::arg("vals") = pybind11::none(), pybind11::arg("c") = pybind11::none(),
+          pybind11::arg("store") = pybind11::none(), pybind11::arg("store_idx") = std::vector<int64_t>{});
+    m.def("attention_cpu_pad", [] { return gk::attn::kCpuPad; }, "Column padding of the CPU layouts.");
+}
