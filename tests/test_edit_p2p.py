@@ -311,3 +311,51 @@ def test_zero_hooked_layers_is_an_error(pipe, sd):
             pipe([SRC, DST], num_inference_steps=1)
     finally:
         pl.register_attention_control = real
+
+
+def test_step_windows_per_word(sd):
+    from gsplat_kit.edit.controllers import time_word_alphas
+
+    prompts = [SRC, DST, "a tiger on the table"]
+    a = time_word_alphas(prompts, 10, {"default_": (0.0, 0.5), "dog": (0.2, 1.0)}, sd.tokenizer, 77)
+    assert a.shape == (11, 2, 77)
+    assert a[:5, 0, 1].eq(1).all() and a[5:, 0, 1].eq(0).all()  # default window: steps [0, 5)
+    assert a[:2, 0, 2].eq(0).all() and a[2:, 0, 2].eq(1).all()  # "dog" (token 2 of prompt 1): [2, 11)
+    assert a[:5, 1, 2].eq(1).all() and a[5:, 1, 2].eq(0).all()  # prompt 2 has no "dog": default
+    b = time_word_alphas(prompts, 10, 0.8, sd.tokenizer, 77)
+    assert b[:8].eq(1).all() and b[8:].eq(0).all()
+
+
+def test_local_blend_any_number_of_prompts(sd):
+    """Three prompts, maps at latent/4 chosen by resolution: each target keeps the source outside the union
+    of its mask and the source's."""
+    from gsplat_kit.edit import LocalBlend
+
+    prompts = [SRC, DST, "a tiger on the table"]
+    lb = LocalBlend(prompts, ["cat", "dog", ["tiger", "table"]], sd.tokenizer, num_steps=4, threshold=0.5)
+
+    class FakeStore:
+        def average_maps(self, scale, places):
+            assert scale == 4 and "mid" not in places
+            m = torch.zeros(3, 4, 4, 77)
+            m[0, 0, 0, 2] = 1  # source "cat" top-left
+            m[1, 3, 3, 2] = 1  # "dog" bottom-right
+            m[2, 0, 3, 6] = 1  # "table" top-right
+            return m
+
+    x = torch.randn(3, 4, 16, 16)
+    y = lb(x, FakeStore())
+    mask = lb.last_mask[:, 0]
+    for p in (1, 2):
+        torch.testing.assert_close(y[p][:, mask[p] == 0], x[0][:, mask[p] == 0], atol=0, rtol=0)
+        torch.testing.assert_close(y[p][:, mask[p] == 1], x[p][:, mask[p] == 1], atol=1e-6, rtol=0)  # x0 + (x - x0)
+    assert mask[1, 0, 0] == 1 and mask[1, 15, 15] == 1 and mask[1, 0, 15] == 0  # source's OR own
+    assert mask[2, 0, 15] == 1 and mask[2, 15, 15] == 0
+
+
+def test_from_pretrained_local_folder(sd, tmp_path):
+    sd.save_pretrained(tmp_path / "tiny")
+    p = Prompt2PromptPipeline.from_pretrained(str(tmp_path / "tiny"))
+    p.set_progress_bar_config(disable=True)
+    out = p([SRC, DST], num_inference_steps=1, latents=latents(), output_type="latent")
+    assert out.latents.shape == (2, 4, 16, 16) and len(out.controller.layer_maps()) == 0  # nothing stored at 4x4

@@ -93,6 +93,11 @@ class AttentionControl:
         return x_t
 
     # ---- stored maps ----------------------------------------------------------------------------------
+    def layer_maps(self) -> dict[str, torch.Tensor]:
+        """Per hooked cross layer: [P, Q, K] post-edit maps averaged over heads and steps."""
+        steps = max(self.cur_step, 1)
+        return {n: m / (self.heads[n] * steps) for n, m in self.maps.items()}
+
     def average_maps(self, scale=None, places=("down", "mid", "up")) -> torch.Tensor:
         """[P, h, w, K]: cross maps averaged over heads, layers at latent/scale and steps (the original's
         aggregate_attention). scale None: the largest-count scale stored."""
