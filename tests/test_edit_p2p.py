@@ -340,7 +340,7 @@ def test_local_blend_any_number_of_prompts(sd):
             m = torch.zeros(3, 4, 4, 77)
             m[0, 0, 0, 2] = 1  # source "cat" top-left
             m[1, 3, 3, 2] = 1  # "dog" bottom-right
-            m[2, 0, 3, 6] = 1  # "table" top-right
+            m[2, 0, 3, 5] = 1  # "table" top-right
             return m
 
     x = torch.randn(3, 4, 16, 16)
