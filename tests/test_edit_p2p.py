@@ -359,3 +359,32 @@ def test_from_pretrained_local_folder(sd, tmp_path):
     p.set_progress_bar_config(disable=True)
     out = p([SRC, DST], num_inference_steps=1, latents=latents(), output_type="latent")
     assert out.latents.shape == (2, 4, 16, 16) and len(out.controller.layer_maps()) == 0  # nothing stored at 4x4
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_kernel_matches_cpu_reference():
+    """The CUDA schedule against the reference (float32 tolerance), every edit kind, with the map store."""
+    g = torch.Generator().manual_seed(5)
+    H, P, Q, K, D = 4, 2, 300, 77, 40
+    B = 2 * P
+    q, k = torch.randn(B * H, Q, D, generator=g), torch.randn(B * H, K, D, generator=g)
+    v = torch.randn(B * H, K, 40, generator=g)
+    mapper = torch.eye(K)[None]
+    alpha = torch.ones(1, K)
+    eq = torch.ones(1, K)
+    eq[0, 2] = -3.0
+    edits = [dict(mapper=mapper), dict(refine_index=torch.randperm(K, generator=g)[None], refine_alpha=(torch.rand(1, K, generator=g) > .5).float()),
+             dict(equalizer=eq), dict(mapper=mapper, equalizer=eq)]
+    for kw in edits:
+        e = CrossEdit(alpha=alpha, **kw)
+        plan_args = ([-1, -1, -1, 2], [-1, -1, -1, 0], [-1, -1, 0, 1])
+        s_gpu, s_cpu = torch.zeros(P, Q, K, device="cuda"), torch.zeros(P, Q, K)
+        a = fused_attention(q.cuda(), k.cuda(), v.cuda(), D ** -0.5, H, LayerPlan(*plan_args, e, s_gpu))
+        b = reference_attention(q, k, v, D ** -0.5, H, LayerPlan(*plan_args, e, s_cpu))
+        assert (a.cpu() - b).abs().max() < 1e-4
+        assert (s_gpu.cpu() - s_cpu).abs().max() < 1e-4
+    ks, vs = torch.randn(B * H, Q, D, generator=g), torch.randn(B * H, Q, 40, generator=g)
+    pl = LayerPlan([-1, -1, -1, 2], [-1] * 4, [-1] * 4)
+    a = fused_attention(q.cuda(), ks.cuda(), vs.cuda(), D ** -0.5, H, pl)
+    assert (a.cpu() - reference_attention(q, ks, vs, D ** -0.5, H, pl)).abs().max() < 1e-4
