@@ -15,6 +15,7 @@ class TrainConfig:
     steps: int = 30_000
     seed: int = 0
     device: str = "auto"               # auto | cpu | cuda | cuda:N
+    num_threads: int = 0               # CPU threads; 0 = the cores not already busy (1-minute load average)
 
     # Initialisation from the SfM points (3DGS Sec. 5.1)
     init_opacity: float = 0.1

@@ -17,7 +17,7 @@ from gsplat_kit.train.config import TrainConfig
 from gsplat_kit.train.evaluation import atomic_write_json, evaluate, load_image_tensor
 from gsplat_kit.train.init import init_splats
 from gsplat_kit.train.losses import photometric_loss
-from gsplat_kit.train.rendering import render, resolve_device
+from gsplat_kit.train.rendering import cpu_threads, render, resolve_device
 from gsplat_kit.train.schedules import exponential_lr, sh_degree_at
 from gsplat_kit.train.strategy import make_strategy
 
@@ -77,6 +77,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, scene=None):
         self.cfg = cfg.validate()
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(cfg.num_threads))
         if scene is None:
             from gsplat_kit.scene import load_scene
 
@@ -230,7 +232,7 @@ class Trainer:
         # the config as given (reusable with --config) plus what it resolved to on this machine and scene
         resolved = {**cfg.to_dict(), "resolved": {
             "device": str(self.device), "scene_scale": self.scene_scale, "strategy": self.strategy.to_dict(),
-            "learning_rates": self._lrs(), "num_train_views": len(self.scene.train_views),
+            "learning_rates": self._lrs(), "cpu_threads": torch.get_num_threads() if self.device.type == "cpu" else None, "num_train_views": len(self.scene.train_views),
             "num_test_views": len(self.scene.test_views), "num_init_points": int(len(self.scene.points)),
             "resumed_from": self.last_ckpt, "resumed_at_step": start_step}}
         atomic_write_json(resolved, os.path.join(cfg.out, "config.json"))
