@@ -1,11 +1,11 @@
 // Rasterisation on the CPU: OpenMP over tiles; inside a tile, the tile's Gaussians in depth order and
-// the tile's pixels in the inner loop, one tile row (tile_size pixels) at a time, branch-free and
-// structure-of-arrays so that it vectorises. The per-pixel math is csrc/include/gk_blend.h, shared
-// with rasterize.cu.
+// the tile's pixels in the inner loop, one tile row (tile_size pixels) at a time, structure-of-arrays.
+// The per-pixel math is csrc/include/gk_blend.h, shared with rasterize.cu.
 //
 // Row culling: a splat can only reach alpha >= 1/255 where sigma <= ln(255 o), an ellipse whose
 // vertical extent is sqrt(2 ln(255 o) cov_yy). Rows beyond it (plus a pixel of margin) are skipped:
-// they would evaluate to alpha = 0 anyway, so the result is the same, only faster.
+// they would evaluate to alpha = 0 anyway, so the result is the same, only faster. Rows whose pixels
+// have all stopped are skipped too.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -54,11 +54,10 @@ template <typename T> void reachable_rows(const T conic[3], T opacity, T my, con
     r1 = std::min(tv.h - 1, int(std::ceil(hi)));
 }
 
-// One tile row (TS pixels) against one splat. A function of its own so that the arrays are restrict
-// parameters (GCC ignores restrict on local pointers, and without it the loop does not vectorise).
-// Returns the number of pixels that became opaque and stopped.
-// TSC: compile-time tile size (16) or 0 for a runtime one; with it known, so is the channel stride of
-// acc (TS * TS), which lets the compiler see that the channel rows do not overlap.
+// One tile row (TS pixels) against one splat; returns the number of pixels that became opaque and
+// stopped. Branch-free over restrict arrays so that a compiler can vectorise it across the row (GCC 12
+// still emits scalar code here; see the note in BENCHMARKS.md). TSC: the tile size when known at
+// compile time (16), else 0.
 template <typename T, int DC, int TSC>
 int composite_row(int TS_, int D, const T* __restrict px, const T* __restrict py, T* __restrict trans,
                   T* __restrict live, int32_t* __restrict last, T* __restrict acc, T mx, T my, T ca,
@@ -96,8 +95,6 @@ void rasterize_fwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* c
     {
         std::vector<T> px_(TP), py_(TP), trans_(TP), acc_(size_t(D) * TP), live_(TP);
         std::vector<int32_t> last_(TP), row_live(TS);  // row_live: pixels of the row still compositing
-        // Raw restrict pointers: through std::vector the compiler must reload the data pointers after
-        // every store, and the pixel loop does not vectorise.
         T* __restrict px = px_.data();
         T* __restrict py = py_.data();
         T* __restrict trans = trans_.data();
@@ -130,7 +127,7 @@ void rasterize_fwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* c
                 }
                 int r0, r1;
                 reachable_rows(conic, opac, my, tv, r0, r1);
-                const T ca = conic[0], cb = conic[1], cc = conic[2];  // scalars: loads from a local array block vectorisation
+                const T ca = conic[0], cb = conic[1], cc = conic[2];
                 for (int r = r0; r <= r1; ++r) {
                     if (row_live[r] == 0) continue;
                     const int base = r * TS;
