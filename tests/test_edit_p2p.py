@@ -112,7 +112,7 @@ def test_edits_at_every_cross_layer(sd, fused):
 def test_replace_pipeline_maps_equal_mapped_source(pipe, sd):
     """Whole sampling run, cross_replace_steps=1: at every hooked cross layer the target's stored maps
     (post-edit, summed over heads and steps) equal the source's through the mapper."""
-    out = pipe([SRC, "a zebra on the table"], cross_replace_steps=1.0, self_replace_steps=0.0, num_inference_steps=3,
+    out = pipe([SRC, "a zebra on the table"], cross_replace_steps=1.0, self_replace_steps=0.0, num_inference_steps=2,
                latents=latents(), output_type="latent", store_scales=(1, 2))
     ctrl = out.controller
     assert len(ctrl.maps) == 7  # every cross-attention layer of the tiny UNet
@@ -120,7 +120,7 @@ def test_replace_pipeline_maps_equal_mapped_source(pipe, sd):
     for name, m in ctrl.maps.items():
         torch.testing.assert_close(m[1], m[0] @ M, atol=1e-4, rtol=1e-5, msg=name)
     # without the edit they differ
-    plain = pipe([SRC, "a zebra on the table"], edit_type=None, num_inference_steps=3, latents=latents(),
+    plain = pipe([SRC, "a zebra on the table"], edit_type=None, num_inference_steps=2, latents=latents(),
                  output_type="latent", store_scales=(1, 2)).controller
     m = plain.maps[name]
     assert (m[1] - m[0] @ M).abs().max() > 1e-2
@@ -241,9 +241,9 @@ def test_fused_unet_matches_diffusers_attn_processor(sd):
     ("reweight", [SRC, SRC], dict(equalizer_words=["cat"], equalizer_strengths=[3.0])),
 ])
 def test_pipeline_fused_equals_reference(pipe, edit_type, prompts, kw):
-    a = pipe(prompts, edit_type=edit_type, num_inference_steps=3, latents=latents(1), output_type="latent",
+    a = pipe(prompts, edit_type=edit_type, num_inference_steps=2, latents=latents(1), output_type="latent",
              self_min_scale=2, **kw)
-    b = pipe(prompts, edit_type=edit_type, num_inference_steps=3, latents=latents(1), output_type="latent",
+    b = pipe(prompts, edit_type=edit_type, num_inference_steps=2, latents=latents(1), output_type="latent",
              self_min_scale=2, fused=False, **kw)
     # the random tiny UNet amplifies rounding (latents are O(1)); measured ~3e-5
     torch.testing.assert_close(a.latents, b.latents, atol=5e-4, rtol=0)
@@ -255,7 +255,7 @@ def test_outputs_and_attention_grid(pipe):
     assert len(out.images) == 2 and out.images[0].size == (32, 32)
     grid = out.attention_grid()
     assert grid.size[0] > 7 * 128 and grid.size[1] > 2 * 128  # 7 tokens (start ... end) x 2 prompts
-    arr = pipe([SRC, DST], num_inference_steps=2, latents=latents(), output_type="np").images
+    arr = pipe([SRC, DST], num_inference_steps=1, latents=latents(), output_type="np").images
     assert arr.shape == (2, 32, 32, 3) and 0 <= arr.min() and arr.max() <= 1
 
 

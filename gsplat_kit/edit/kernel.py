@@ -73,11 +73,11 @@ def fused_attention(q, k, v, scale: float, heads: int, plan: LayerPlan | None = 
     cols = None
     if plan.edit is not None and any(t >= 0 for t in plan.slot):
         key = ("cols", work, str(dev))
-        cols = plan.cache.get(key)
+        cols = plan.edit.cache.get(key)
         if cols is None:
             col_ptr, rows, vals, c = plan.edit.columns(work)
             cols = tuple(x.to(dev) for x in (col_ptr.view(c.shape[0], K + 1), rows, vals, c))
-            plan.cache[key] = cols
+            plan.edit.cache[key] = cols
     store = plan.store
     if store is not None and any(i >= 0 for i in plan.store_idx):
         if store.dtype != work or not store.is_contiguous() or store.device != dev:

@@ -76,7 +76,7 @@ class Prompt2PromptPipeline:
             raise FileNotFoundError(f"{path!r} has no model_index.json: not a diffusers pipeline folder")
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True,
+        pipe = StableDiffusionPipeline.from_pretrained(path, dtype=torch_dtype, local_files_only=True,
                                                        safety_checker=None, requires_safety_checker=False)
         if device is not None:
             pipe = pipe.to(device)

@@ -24,6 +24,7 @@ class CrossEdit:
     refine_index: torch.Tensor | None = None
     refine_alpha: torch.Tensor | None = None
     equalizer: torch.Tensor | None = None
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # the kernel's form, per dtype/device
 
     @property
     def num_slots(self) -> int:
@@ -79,7 +80,6 @@ class LayerPlan:
     store_idx: list[int]
     edit: CrossEdit | None = None
     store: torch.Tensor | None = None
-    cache: dict = field(default_factory=dict)
 
     @staticmethod
     def identity(B: int) -> "LayerPlan":
