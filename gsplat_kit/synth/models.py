@@ -1,0 +1,141 @@
+"""CIFAR classifiers (ResNet-20/32 of He et al. 2016; ResNet-18/34 CIFAR variants) and teacher I/O.
+
+Every model takes images in [0,1] and normalises them itself (a `Normalize` first layer), so synthesis,
+PNG files and distillation all work in one pixel space.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import CIFAR10_MEAN, CIFAR10_STD
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean=CIFAR10_MEAN, std=CIFAR10_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 inputs: 3x3 stem, no max-pool; `stages` are the Feature Transfer Pyramid's taps."""
+
+    def __init__(self, widths, depths, num_classes=10):
+        super().__init__()
+        self.normalize = Normalize()
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        layers, cin = [], widths[0]
+        for i, (w, d) in enumerate(zip(widths, depths)):
+            blocks = []
+            for j in range(d):
+                blocks.append(BasicBlock(cin, w, 2 if (j == 0 and i > 0) else 1))
+                cin = w
+            layers.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(layers)
+        self.fc = nn.Linear(cin, num_classes)
+        self.num_classes = num_classes
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x):
+        """Returns (stage feature maps, penultimate features, logits)."""
+        h = F.relu(self.bn1(self.conv1(self.normalize(x))))
+        feats = []
+        for s in self.stages:
+            h = s(h)
+            feats.append(h)
+        pen = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
+        return feats, pen, self.fc(pen)
+
+    def forward(self, x):
+        return self.forward_features(x)[2]
+
+
+ARCHS = {
+    "resnet20": ((16, 32, 64), (3, 3, 3)),
+    "resnet32": ((16, 32, 64), (5, 5, 5)),
+    "resnet18": ((64, 128, 256, 512), (2, 2, 2, 2)),
+    "resnet34": ((64, 128, 256, 512), (3, 4, 6, 3)),
+}
+
+
+def build_model(arch: str, num_classes: int = 10) -> CifarResNet:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)}")
+    widths, depths = ARCHS[arch]
+    return CifarResNet(widths, depths, num_classes)
+
+
+def save_teacher(model: CifarResNet, arch: str, path, classes=None, extra=None) -> None:
+    """Atomic save of {'arch', 'num_classes', 'classes', 'state_dict', ...}."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"arch": arch, "num_classes": model.num_classes, "image_size": 32, "classes": classes,
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    payload.update(extra or {})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_teacher(path, arch: str | None = None, num_classes: int | None = None, map_location="cpu"):
+    """Load a classifier saved by `save_teacher` (or a bare state_dict with `arch` given), in eval mode.
+
+    Returns (model, meta) where meta holds arch, num_classes, image_size and classes."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher weights not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle errors, truncated zip, not a torch file at all
+        raise ValueError(f"cannot read teacher weights {path}: {type(e).__name__}: {e}") from None
+    if isinstance(obj, dict) and "state_dict" in obj:
+        sd = obj["state_dict"]
+        arch = arch or obj.get("arch")
+        meta = {k: v for k, v in obj.items() if k != "state_dict"}
+    elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        sd, meta = obj, {}
+    else:
+        raise ValueError(f"{path}: not a teacher checkpoint (expected a state_dict or save_teacher's dict)")
+    if arch is None:
+        raise ValueError(f"{path}: a bare state_dict; say which architecture it is (arch=..., --arch)")
+    if num_classes is None:
+        fc = sd.get("fc.weight")
+        num_classes = int(fc.shape[0]) if fc is not None else int(meta.get("num_classes", 10))
+    model = build_model(arch, num_classes)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit {arch} with {num_classes} classes: {e}") from None
+    meta.update(arch=arch, num_classes=num_classes)
+    meta.setdefault("image_size", 32)
+    return model.eval(), meta
