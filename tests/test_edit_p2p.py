@@ -57,7 +57,8 @@ def test_word_indices_and_mappers(sd):
 def run_layer(module, name, controller, hidden, enc, fused):
     proc = P2PAttnProcessor(controller, LayerInfo(name, name.split("_")[0], True), fused=fused)
     with torch.no_grad():
-        proc(module, hidden, enc)
+        out = proc(module, hidden, enc)
+    controller.last_out = out
     return controller.maps[name]
 
 
@@ -83,8 +84,13 @@ def test_edits_at_every_cross_layer(sd, fused):
             ctrl.store_scales = {1, 2}
             return run_layer(module, name, ctrl, hidden, enc, fused).clone()
 
-        own = maps(AttentionStore(2))  # no edit: each prompt's own maps
-        rep = maps(AttentionReplace([SRC, DST], 4, tok, cross_replace_steps=1.0))
+        own_ctrl = AttentionStore(2)
+        own = maps(own_ctrl)  # no edit: each prompt's own maps
+        rep_ctrl = AttentionReplace([SRC, DST], 4, tok, cross_replace_steps=1.0)
+        rep = maps(rep_ctrl)
+        # the unconditional half of the CFG batch and the source are left alone
+        torch.testing.assert_close(rep_ctrl.last_out[:3], own_ctrl.last_out[:3], atol=1e-6, rtol=0)
+        assert (rep_ctrl.last_out[3] - own_ctrl.last_out[3]).abs().max() > 1e-4
         M = replacement_mapper(SRC, DST, tok)
         torch.testing.assert_close(rep[1], own[0] @ M, atol=2e-5, rtol=0)
         assert (own[1] - own[0] @ M).abs().max() > 1e-2  # the edit changed something
