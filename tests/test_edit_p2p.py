@@ -394,3 +394,24 @@ def test_cuda_kernel_matches_cpu_reference():
     pl = LayerPlan([-1, -1, -1, 2], [-1] * 4, [-1] * 4)
     a = fused_attention(q.cuda(), ks.cuda(), vs.cuda(), D ** -0.5, H, pl)
     assert (a.cpu() - reference_attention(q, ks, vs, D ** -0.5, H, pl)).abs().max() < 1e-4
+
+
+def test_local_blend_subtract_words_and_start(sd):
+    from gsplat_kit.edit import LocalBlend
+
+    prompts = [SRC, DST]
+
+    class FakeStore:
+        def average_maps(self, scale, places):
+            m = torch.zeros(2, 4, 4, 77)
+            m[:, :, :, 2] = 1.0  # "cat"/"dog" everywhere
+            m[:, 0, 0, 5] = 1.0  # "table" top-left only
+            return m
+
+    x = torch.randn(2, 4, 16, 16)
+    lb = LocalBlend(prompts, ["cat", "dog"], sd.tokenizer, num_steps=4, subtract_words=["table", "table"], start_blend=0.5)
+    assert torch.equal(lb(x, FakeStore()), x) and torch.equal(lb(x, FakeStore()), x)  # steps 1, 2: not yet
+    y = lb(x, FakeStore())
+    mask = lb.last_mask[1, 0]
+    assert mask[:4, :4].eq(0).all() and mask[4:, 4:].eq(1).all()  # "table" carved out of the everywhere-mask
+    torch.testing.assert_close(y[1][:, :4, :4], x[0][:, :4, :4], atol=0, rtol=0)
