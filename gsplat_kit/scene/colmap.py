@@ -16,7 +16,12 @@ CAMERA_MODELS = {
     0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5), 4: ("OPENCV", 8),
     5: ("OPENCV_FISHEYE", 8), 6: ("FULL_OPENCV", 12), 7: ("FOV", 5), 8: ("SIMPLE_RADIAL_FISHEYE", 4),
     9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12), 11: ("RAD_TAN_THIN_PRISM_FISHEYE", 16),
+    12: ("SIMPLE_DIVISION", 4), 13: ("DIVISION", 5), 14: ("SIMPLE_FISHEYE", 3), 15: ("FISHEYE", 4),
+    16: ("EUCM", 6), 17: ("EQUIRECTANGULAR", 2),
 }
+# models whose parameters start with one focal length (f, cx, cy, ...); the others start fx, fy, cx, cy
+_SINGLE_FOCAL = {"SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE",
+                 "SIMPLE_DIVISION", "SIMPLE_FISHEYE"}
 MODEL_IDS = {name: (i, n) for i, (name, n) in CAMERA_MODELS.items()}
 
 
@@ -35,7 +40,9 @@ class Camera:
     def intrinsics(self) -> tuple[float, float, float, float]:
         """fx, fy, cx, cy of the model's pinhole part."""
         p = self.params
-        if self.model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "FOV"):
+        if self.model == "EQUIRECTANGULAR":
+            raise ColmapError(f"camera {self.id}: EQUIRECTANGULAR has no pinhole intrinsics")
+        if self.model in _SINGLE_FOCAL:
             return float(p[0]), float(p[0]), float(p[1]), float(p[2])
         return float(p[0]), float(p[1]), float(p[2]), float(p[3])
 
@@ -75,6 +82,10 @@ class Points3D:
     xyz: np.ndarray      # [P, 3] float64
     rgb: np.ndarray      # [P, 3] uint8
     errors: np.ndarray   # [P] float64
+    tracks: list | None = None  # per point, [L, 2] int64 (image_id, point2D_idx); None when not read
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 @dataclass
@@ -110,6 +121,11 @@ class _Reader:
         self.pos += size
         return out
 
+    def check_end(self, what: str):
+        if self.pos != len(self.data):
+            raise ColmapError(f"{self.path}: {len(self.data) - self.pos} bytes left over after the {what} its "
+                              f"header announces (corrupt, or not this kind of COLMAP file)")
+
     def take_string(self) -> str:
         end = self.data.find(b"\0", self.pos)
         if end < 0:
@@ -128,6 +144,7 @@ def read_cameras_binary(path) -> dict[int, Camera]:
             raise ColmapError(f"{path}: camera {cid} has unknown model id {model_id}")
         name, n = CAMERA_MODELS[model_id]
         cams[cid] = Camera(cid, name, int(w), int(h), np.array(r.take_array(np.float64, n)))
+    r.check_end("cameras")
     return cams
 
 
@@ -141,6 +158,7 @@ def read_images_binary(path) -> dict[int, Image]:
         rec = r.take_array(np.dtype([("x", "<f8"), ("y", "<f8"), ("id", "<i8")]), n2d)
         images[iid] = Image(iid, np.array([qw, qx, qy, qz]), np.array([tx, ty, tz]), cid, name,
                             np.stack([rec["x"], rec["y"]], -1), rec["id"].copy())
+    r.check_end("images")
     return images
 
 
@@ -148,12 +166,14 @@ def read_points3D_binary(path) -> Points3D:
     r = _Reader(path)
     n = r.take("Q")[0]
     ids, xyz, rgb, err = np.zeros(n, np.int64), np.zeros((n, 3)), np.zeros((n, 3), np.uint8), np.zeros(n)
+    tracks = []
     for i in range(n):
         pid, x, y, z, cr, cg, cb, e = r.take("QdddBBBd")
         track_len = r.take("Q")[0]
-        r.take_array(np.int32, 2 * track_len)
+        tracks.append(r.take_array(np.int32, 2 * track_len).reshape(-1, 2).astype(np.int64))
         ids[i], xyz[i], rgb[i], err[i] = pid, (x, y, z), (cr, cg, cb), e
-    return Points3D(ids, xyz, rgb, err)
+    r.check_end("points")
+    return Points3D(ids, xyz, rgb, err, tracks)
 
 
 def write_cameras_binary(cams: dict[int, Camera], path):
@@ -179,8 +199,10 @@ def write_images_binary(images: dict[int, Image], path):
 def write_points3D_binary(points: Points3D, path):
     out = [struct.pack("<Q", len(points.ids))]
     for i in range(len(points.ids)):
+        tr = _track(points, i)
         out.append(struct.pack("<QdddBBBdQ", int(points.ids[i]), *points.xyz[i], *map(int, points.rgb[i]),
-                               float(points.errors[i]), 0))
+                               float(points.errors[i]), len(tr)))
+        out.append(np.asarray(tr, "<i4").tobytes())
     _atomic_write(path, b"".join(out))
 
 
@@ -232,14 +254,17 @@ def read_images_text(path) -> dict[int, Image]:
         except (IndexError, ValueError) as e:
             raise ColmapError(f"{path}: malformed image line {raw[i]!r} ({e})") from None
         pts = raw[i + 1].split() if i + 1 < len(raw) else []
-        arr = np.array([float(v) for v in pts]).reshape(-1, 3) if pts else np.zeros((0, 3))
+        try:
+            arr = np.array([float(v) for v in pts]).reshape(-1, 3) if pts else np.zeros((0, 3))
+        except ValueError as e:
+            raise ColmapError(f"{path}: malformed 2D points of image {iid} ({e})") from None
         images[iid] = Image(iid, q, t, cid, name, arr[:, :2], arr[:, 2].astype(np.int64))
         i += 2
     return images
 
 
 def read_points3D_text(path) -> Points3D:
-    ids, xyz, rgb, err = [], [], [], []
+    ids, xyz, rgb, err, tracks = [], [], [], [], []
     for lineno, line in _text_lines(path):
         p = line.split()
         try:
@@ -247,10 +272,13 @@ def read_points3D_text(path) -> Points3D:
             xyz.append([float(v) for v in p[1:4]])
             rgb.append([int(v) for v in p[4:7]])
             err.append(float(p[7]))
+            if len(p) % 2:
+                raise ValueError("odd number of track entries")
+            tracks.append(np.array([int(v) for v in p[8:]], np.int64).reshape(-1, 2))
         except (IndexError, ValueError) as e:
             raise ColmapError(f"{path}:{lineno}: malformed point line ({e})") from None
     return Points3D(np.array(ids, np.int64), np.array(xyz, np.float64).reshape(-1, 3),
-                    np.array(rgb, np.uint8).reshape(-1, 3), np.array(err, np.float64))
+                    np.array(rgb, np.uint8).reshape(-1, 3), np.array(err, np.float64), tracks)
 
 
 def write_cameras_text(cams, path):
@@ -272,7 +300,8 @@ def write_points3D_text(points, path):
     lines = ["# 3D point list with one line of data per point:", "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[]"]
     for i in range(len(points.ids)):
         lines.append(" ".join([str(int(points.ids[i]))] + [repr(float(v)) for v in points.xyz[i]] +
-                              [str(int(v)) for v in points.rgb[i]] + [repr(float(points.errors[i]))]))
+                              [str(int(v)) for v in points.rgb[i]] + [repr(float(points.errors[i]))] +
+                              [str(int(v)) for v in np.asarray(_track(points, i)).ravel()]))
     _atomic_write(path, ("\n".join(lines) + "\n").encode())
 
 
@@ -320,6 +349,12 @@ def write_model(model: Model, path: str, ext: str = ".bin"):
         write_cameras_text(model.cameras, os.path.join(path, "cameras.txt"))
         write_images_text(model.images, os.path.join(path, "images.txt"))
         write_points3D_text(model.points, os.path.join(path, "points3D.txt"))
+
+
+def _track(points: Points3D, i: int) -> np.ndarray:
+    if points.tracks is None:
+        return np.zeros((0, 2), np.int64)
+    return np.asarray(points.tracks[i], np.int64).reshape(-1, 2)
 
 
 def _atomic_write(path, data: bytes):
