@@ -61,13 +61,18 @@ def _read_header(f, path):
         if parts[0] == "format":
             fmt = parts[1]
         elif parts[0] == "element":
+            if len(parts) != 3 or not parts[2].isdigit():
+                raise PlyError(f"{path}: malformed header line {line.decode("ascii", "replace").strip()[:60]!r}")
             current = [parts[1], int(parts[2]), []]
             elements.append(current)
         elif parts[0] == "property":
             if current is None:
                 raise PlyError(f"{path}: property before any element")
-            if parts[1] == "list":
-                raise PlyError(f"{path}: list property {parts[-1]!r} in element {current[0]!r}: not a 3DGS point cloud")
+            if len(parts) < 3:
+                raise PlyError(f"{path}: malformed header line {line.decode("ascii", "replace").strip()[:60]!r}")
+            if parts[1] == "list":  # (faces of a mesh): fine after the vertices, which is all we read
+                current[2].append((parts[-1], "list"))
+                continue
             if parts[1] not in _PLY_TYPES:
                 raise PlyError(f"{path}: unknown property type {parts[1]!r}")
             current[2].append((parts[2], _PLY_TYPES[parts[1]]))
@@ -81,11 +86,23 @@ def load_ply(path: str) -> dict:
         raise FileNotFoundError(f"{path}: no such file")
     with open(path, "rb") as f:
         fmt, elements = _read_header(f, path)
-        if fmt not in ("binary_little_endian", "binary_big_endian"):
+        if fmt not in ("binary_little_endian", "binary_big_endian", "ascii"):
             raise PlyError(f"{path}: format {fmt!r} is not supported (3DGS files are binary_little_endian)")
         vertex = None
         for name, count, props in elements:
-            dtype = np.dtype([(p, ("<" if fmt == "binary_little_endian" else ">") + t) for p, t in props])
+            if any(t == "list" for _, t in props):
+                if name == "vertex":
+                    raise PlyError(f"{path}: list property in the vertex element: not a 3DGS point cloud")
+                raise PlyError(f"{path}: element {name!r} with a list property comes before the vertices")
+            dtype = np.dtype([(p, ("<" if fmt != "binary_big_endian" else ">") + t) for p, t in props])
+            if fmt == "ascii":
+                rows = _read_ascii(f, path, name, count, len(props))
+                if name == "vertex":
+                    vertex = np.zeros(count, dtype)
+                    for i, (p, _) in enumerate(props):
+                        vertex[p] = rows[:, i]
+                    break
+                continue
             raw = f.read(dtype.itemsize * count)
             if len(raw) < dtype.itemsize * count:
                 raise PlyError(f"{path}: truncated: element {name!r} needs {dtype.itemsize * count} bytes, "
@@ -120,6 +137,22 @@ def load_ply(path: str) -> dict:
         if not np.isfinite(v).all():
             raise PlyError(f"{path}: {k} holds NaN or inf values")
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+
+
+def _read_ascii(f, path, name, count, nprops) -> np.ndarray:
+    rows = []
+    for i in range(count):
+        line = f.readline()
+        if not line:
+            raise PlyError(f"{path}: truncated: element {name!r} has {i} of {count} rows")
+        try:
+            vals = [float(v) for v in line.split()]
+        except ValueError:
+            raise PlyError(f"{path}: malformed ASCII row {i} of element {name!r}") from None
+        if len(vals) != nprops:
+            raise PlyError(f"{path}: ASCII row {i} of element {name!r} has {len(vals)} values, expected {nprops}")
+        rows.append(vals)
+    return np.array(rows, np.float64).reshape(count, nprops)
 
 
 def sh_degree_of(splats: dict) -> int:
