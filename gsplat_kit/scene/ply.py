@@ -62,14 +62,14 @@ def _read_header(f, path):
             fmt = parts[1]
         elif parts[0] == "element":
             if len(parts) != 3 or not parts[2].isdigit():
-                raise PlyError(f"{path}: malformed header line {line.decode("ascii", "replace").strip()[:60]!r}")
+                raise PlyError(f"{path}: malformed header line {' '.join(parts)[:60]!r}")
             current = [parts[1], int(parts[2]), []]
             elements.append(current)
         elif parts[0] == "property":
             if current is None:
                 raise PlyError(f"{path}: property before any element")
             if len(parts) < 3:
-                raise PlyError(f"{path}: malformed header line {line.decode("ascii", "replace").strip()[:60]!r}")
+                raise PlyError(f"{path}: malformed header line {' '.join(parts)[:60]!r}")
             if parts[1] == "list":  # (faces of a mesh): fine after the vertices, which is all we read
                 current[2].append((parts[-1], "list"))
                 continue
