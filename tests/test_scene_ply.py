@@ -132,6 +132,7 @@ def test_bad_files_name_the_file(tmp_path):
     bad = bytearray(data)
     bad[-4:] = np.array([np.nan], "<f4").tobytes()
     check(bytes(bad), r"NaN or inf")
+    check(data.replace(b"property float f_rest_3\n", b"property float f_rest_99\n"), r"not numbered 0\.\.44")
     with pytest.raises(FileNotFoundError, match="nowhere.ply"):
         load_ply(str(tmp_path / "nowhere.ply"))
 
@@ -149,3 +150,18 @@ def test_ascii_files_from_other_tools(tmp_path):
     t = load_ply(str(p))
     for k in s:
         torch.testing.assert_close(t[k], s[k], rtol=0, atol=0)
+
+
+def test_save_rejects_bad_shapes(tmp_path):
+    s = _splats(n=6)
+    s["quats"] = s["quats"][:, :3]
+    with pytest.raises(ValueError, match=r"out\.ply.*quats"):
+        save_ply(str(tmp_path / "out.ply"), s)
+    s = _splats(n=6)
+    s["shN"] = s["shN"][:, :7]
+    with pytest.raises(ValueError, match=r"shN"):
+        save_ply(str(tmp_path / "out.ply"), s)
+    del s["sh0"]
+    with pytest.raises(ValueError, match=r"lack \['sh0'\]"):
+        save_ply(str(tmp_path / "out.ply"), s)
+    assert not os.listdir(tmp_path)

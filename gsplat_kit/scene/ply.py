@@ -29,10 +29,18 @@ def attribute_names(num_rest: int) -> list[str]:
 
 def save_ply(path: str, splats: dict) -> None:
     """Writes splats (means, scales, quats, opacities, sh0 [N,1,3], shN [N,K-1,3]) atomically."""
+    missing = [k for k in ("means", "scales", "quats", "opacities", "sh0") if k not in splats]
+    if missing:
+        raise ValueError(f"save_ply({path}): splats lack {missing}")
     t = {k: (v.detach().cpu().float().numpy() if torch.is_tensor(v) else np.asarray(v, np.float32)) for k, v in splats.items()}
     n = t["means"].shape[0]
-    sh0 = t["sh0"].reshape(n, 3)
     shN = t.get("shN", np.zeros((n, 0, 3), np.float32))
+    want = {"means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,), "sh0": (n, 1, 3)}
+    bad = {k: tuple(t[k].shape) for k, shp in want.items() if tuple(t[k].shape) != shp and t[k].size != np.prod(shp)}
+    if bad or shN.ndim != 3 or shN.shape[0] != n or shN.shape[2] != 3 or int(round((shN.shape[1] + 1) ** 0.5)) ** 2 != shN.shape[1] + 1:
+        raise ValueError(f"save_ply({path}): bad shapes {bad or {'shN': tuple(shN.shape)}} for {n} Gaussians "
+                         f"(means [N,3], scales [N,3], quats [N,4], opacities [N], sh0 [N,1,3], shN [N,(d+1)^2-1,3])")
+    sh0 = t["sh0"].reshape(n, 3)
     rest = shN.transpose(0, 2, 1).reshape(n, -1)  # channel-major, as the original
     cols = [t["means"], np.zeros((n, 3), np.float32), sh0, rest, t["opacities"].reshape(n, 1), t["scales"], t["quats"]]
     data = np.concatenate(cols, 1).astype("<f4")
@@ -119,6 +127,8 @@ def load_ply(path: str) -> dict:
     if missing:
         raise PlyError(f"{path}: not a 3D Gaussian Splatting file: missing vertex properties {missing}")
     n_rest = sum(1 for a in names if a.startswith("f_rest_"))
+    if any(f"f_rest_{i}" not in names for i in range(n_rest)):
+        raise PlyError(f"{path}: f_rest properties are not numbered 0..{n_rest - 1}")
     if n_rest % 3 or int(round((n_rest // 3 + 1) ** 0.5)) ** 2 != n_rest // 3 + 1:
         raise PlyError(f"{path}: {n_rest} f_rest properties do not make a whole SH degree (expected 0, 9, 24 or 45)")
     col = lambda a: vertex[a].astype(np.float32)
