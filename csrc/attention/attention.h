@@ -29,7 +29,7 @@ template <typename T> struct AttnArgs {
 constexpr int kCudaMaxDv = 256;
 
 // Padding granularity of the CPU layouts (one SIMD register tile wide).
-constexpr int kCpuPad = 16;
+constexpr int kCpuPad = 8;
 
 template <typename T> void attention_fwd_cpu(const AttnArgs<T>& a);
 template <typename T> void attention_fwd_cuda(const AttnArgs<T>& a, void* stream);

@@ -1,7 +1,9 @@
 // CPU schedule of the fused attention-map control kernel (math: attention_math.h). OpenMP over query
-// blocks (x heads when no map store is written): per block and head, each element's probability rows
-// are computed once into a small per-thread buffer (scores, softmax), edited, optionally added to the
-// map store, and multiplied by V. No [B*H, Q, K] map is ever materialised.
+// blocks; inside a block, every head and batch element, sources first, so that the elements that take
+// a source's map find its rows at hand. Only blocks of rows ever exist ([QB, Kp] per source plus two
+// scratch blocks per thread), never a [Q, K] map; scores are skipped for elements that never read their
+// own map (map injection, full word swap). Scores and P.V run on register tiles (8 rows x one 64-byte
+// vector, GCC vector extensions: AVX-512, AVX2 or SSE, whatever the build targets).
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -11,136 +13,213 @@
 namespace gk::attn {
 namespace {
 
-// s[j] = scale * q . kt[:, j] for the Kp (padded) keys; loop over keys innermost so that it vectorises.
-template <typename T>
-inline void row_scores(const T* __restrict q, const T* __restrict kt, int D, int Kp, T scale, T* __restrict s) {
-#pragma omp simd
-    for (int j = 0; j < Kp; ++j) s[j] = T(0);
-    for (int d = 0; d < D; ++d) {
-        const T qd = q[d];
-        const T* __restrict kr = kt + (int64_t)d * Kp;
-#pragma omp simd
-        for (int j = 0; j < Kp; ++j) s[j] += qd * kr[j];
+template <typename T, int BYTES = 64> struct Vec {
+    static constexpr int N = BYTES / sizeof(T);
+    typedef T type __attribute__((vector_size(BYTES), aligned(sizeof(T))));  // unaligned loads/stores allowed
+};
+constexpr int MR = 8;  // query rows per register tile
+// Rows are padded to kCpuPad: whole 64-byte vectors, then at most one 32-byte vector (float).
+static_assert(kCpuPad % Vec<float, 32>::N == 0 && kCpuPad % Vec<double, 32>::N == 0, "padding must be whole vectors");
+
+// S[i, 0:Kp] = scale * q[i, :] . kt[:, 0:Kp] for R rows (kt: keys transposed, [D, Kp]).
+template <typename T, int R, int BYTES>
+inline int scores_tile(const T* __restrict q, int D, const T* __restrict kt, int Kp, T scale, T* __restrict S, int ldS,
+                       int n_begin) {
+    using V = typename Vec<T, BYTES>::type;
+    constexpr int N = Vec<T, BYTES>::N;
+    int n0 = n_begin;
+    for (; n0 + N <= Kp; n0 += N) {
+        V acc[R];
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) acc[i] = V{};
+        for (int d = 0; d < D; ++d) {
+            const V kv = *reinterpret_cast<const V*>(kt + (int64_t)d * Kp + n0);
+#pragma GCC unroll 8
+            for (int i = 0; i < R; ++i) acc[i] += q[(int64_t)i * D + d] * kv;
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) *reinterpret_cast<V*>(S + (int64_t)i * ldS + n0) = acc[i] * scale;
     }
-#pragma omp simd
-    for (int j = 0; j < Kp; ++j) s[j] *= scale;
+    return n0;
 }
 
-// Softmax over the first K entries (diffusers / P2P: over keys); padding entries are zeroed.
-template <typename T>
-inline void row_softmax(T* __restrict s, int K, int Kp) {
-    T m = s[0];
+// O[i, 0:Dvp] (+)= P[i, 0:K] vp[0:K, 0:Dvp] for R rows.
+template <typename T, int R, bool ACC, int BYTES>
+inline int pv_tile(const T* __restrict P, int ldP, int K, const T* __restrict vp, int Dvp, T* __restrict O, int d_begin) {
+    using V = typename Vec<T, BYTES>::type;
+    constexpr int N = Vec<T, BYTES>::N;
+    int d0 = d_begin;
+    for (; d0 + N <= Dvp; d0 += N) {
+        V acc[R];
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) acc[i] = ACC ? *reinterpret_cast<const V*>(O + (int64_t)i * Dvp + d0) : V{};
+        for (int n = 0; n < K; ++n) {
+            const V vv = *reinterpret_cast<const V*>(vp + (int64_t)n * Dvp + d0);
+#pragma GCC unroll 8
+            for (int i = 0; i < R; ++i) acc[i] += P[(int64_t)i * ldP + n] * vv;
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) *reinterpret_cast<V*>(O + (int64_t)i * Dvp + d0) = acc[i];
+    }
+    return d0;
+}
+
+// Row-wise softmax over the first K of Kp entries, in place; the padding becomes 0.
+template <typename T> void softmax_rows(T* S, int nrows, int K, int Kp) {
+    for (int r = 0; r < nrows; ++r) {
+        T* __restrict s = S + (int64_t)r * Kp;
+        T m = s[0];
 #pragma omp simd reduction(max : m)
-    for (int j = 0; j < K; ++j) m = s[j] > m ? s[j] : m;
-    T sum = T(0);
+        for (int n = 0; n < K; ++n) m = s[n] > m ? s[n] : m;
+        T sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (int j = 0; j < K; ++j) {
-        const T e = softmax_num(s[j], m);
-        s[j] = e;
-        sum += e;
-    }
-    const T inv = T(1) / sum;
+        for (int n = 0; n < K; ++n) {
+            const T e = softmax_num(s[n], m);
+            s[n] = e;
+            sum += e;
+        }
+        const T inv = T(1) / sum;
 #pragma omp simd
-    for (int j = 0; j < K; ++j) s[j] *= inv;
-    for (int j = K; j < Kp; ++j) s[j] = T(0);
+        for (int n = 0; n < K; ++n) s[n] *= inv;
+        for (int n = K; n < Kp; ++n) s[n] = T(0);
+    }
 }
 
-// acc[e] = sum_j p[j] * vp[j, e] over the padded value width (a multiple of the SIMD width).
 template <typename T>
-inline void row_pv(const T* __restrict p, const T* __restrict vp, int K, int Dvp, T* __restrict acc) {
-#pragma omp simd
-    for (int e = 0; e < Dvp; ++e) acc[e] = T(0);
-    for (int j = 0; j < K; ++j) {
-        const T pj = p[j];
-        const T* __restrict vr = vp + (int64_t)j * Dvp;
-#pragma omp simd
-        for (int e = 0; e < Dvp; ++e) acc[e] += pj * vr[e];
+void scores_block(const T* q, int nrows, int D, const T* kt, int Kp, T scale, T* S) {
+    int r = 0;
+    for (; r + MR <= nrows; r += MR) {
+        const int n = scores_tile<T, MR, 64>(q + (int64_t)r * D, D, kt, Kp, scale, S + (int64_t)r * Kp, Kp, 0);
+        scores_tile<T, MR, 32>(q + (int64_t)r * D, D, kt, Kp, scale, S + (int64_t)r * Kp, Kp, n);
+    }
+    for (; r < nrows; ++r) {
+        const int n = scores_tile<T, 1, 64>(q + (int64_t)r * D, D, kt, Kp, scale, S + (int64_t)r * Kp, Kp, 0);
+        scores_tile<T, 1, 32>(q + (int64_t)r * D, D, kt, Kp, scale, S + (int64_t)r * Kp, Kp, n);
+    }
+}
+
+template <typename T, bool ACC = false>
+void pv_block(const T* P, int nrows, int Kp, int K, const T* vp, int Dvp, T* O) {
+    int r = 0;
+    for (; r + MR <= nrows; r += MR) {
+        const int d = pv_tile<T, MR, ACC, 64>(P + (int64_t)r * Kp, Kp, K, vp, Dvp, O + (int64_t)r * Dvp, 0);
+        pv_tile<T, MR, ACC, 32>(P + (int64_t)r * Kp, Kp, K, vp, Dvp, O + (int64_t)r * Dvp, d);
+    }
+    for (; r < nrows; ++r) {
+        const int d = pv_tile<T, 1, ACC, 64>(P + (int64_t)r * Kp, Kp, K, vp, Dvp, O + (int64_t)r * Dvp, 0);
+        pv_tile<T, 1, ACC, 32>(P + (int64_t)r * Kp, Kp, K, vp, Dvp, O + (int64_t)r * Dvp, d);
     }
 }
 
 }  // namespace
 
-template <typename T>
-void attention_fwd_cpu(const AttnArgs<T>& a) {
+template <typename T> void attention_fwd_cpu(const AttnArgs<T>& a) {
     const int B = a.route.B, H = a.H, Q = a.Q, K = a.K, D = a.D, Dv = a.Dv, Kp = a.Kp, Dvp = a.Dvp;
+    const Routing& rt = a.route;
     const bool has_edit = a.edit.col_ptr != nullptr;
-    // Which elements' own maps are computed: those used as they are, those read as a source, and edited
-    // elements whose own map still has weight (c != 0).
-    std::vector<char> need_own(B, 0);
-    for (int b = 0; b < B; ++b) {
-        const int s = a.route.src[b], t = a.route.slot[b];
-        if (s < 0) need_own[b] = 1;
-        else need_own[s] = 1;
-        if (t >= 0 && has_edit && slot_needs_own(a.edit, t)) need_own[b] = 1;
-    }
-    bool any_store = false;
-    for (int b = 0; b < B; ++b) any_store |= (a.store != nullptr && a.route.store_idx[b] >= 0);
 
-    // Rows per block: the per-thread buffer (B x QB x Kp) stays within ~256 KiB.
-    const int64_t row_bytes = (int64_t)B * Kp * sizeof(T);
-    const int QB = (int)std::clamp<int64_t>((256 * 1024) / std::max<int64_t>(row_bytes, 1), 1, 64);
-    const int nqb = (Q + QB - 1) / QB;
-    // A store row sums over heads: one item owns all heads of its query block, so no two threads add to
-    // the same store entry.
-    const int hs = any_store ? H : 1;
-    const int64_t items = (int64_t)nqb * (H / hs);
+    // Elements whose maps others read keep their rows of the current block in a buffer of their own.
+    std::vector<int> src_buf(B, -1);
+    int n_src = 0;
+    for (int b = 0; b < B; ++b)
+        if (rt.src[b] >= 0 && src_buf[rt.src[b]] < 0) src_buf[rt.src[b]] = n_src++;
+    std::vector<int> order;  // sources (and unedited elements) first, then the elements that read them
+    for (int b = 0; b < B; ++b)
+        if (rt.src[b] < 0) order.push_back(b);
+    for (int b = 0; b < B; ++b)
+        if (rt.src[b] >= 0) order.push_back(b);
+    std::vector<char> needs_own(B);
+    for (int b = 0; b < B; ++b)
+        needs_own[b] = rt.src[b] < 0 || (rt.slot[b] >= 0 && has_edit && slot_needs_own(a.edit, rt.slot[b]));
+
+    // A cross edit that nobody stores moves to the values: P_t V = own (diag(c_t) V) + base (W_t V), so
+    // the per-query work stays two P.V products and the edit costs K x Dv per head, not Q x K.
+    std::vector<int> vedit(B, -1);
+    int n_vedit = 0;
+    for (int b = 0; b < B; ++b)
+        if (rt.slot[b] >= 0 && !(a.store && rt.store_idx[b] >= 0)) vedit[b] = n_vedit++;
+    std::vector<T> vw((size_t)n_vedit * H * K * Dvp), vc((size_t)n_vedit * H * K * Dvp);
+    if (n_vedit) {
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int64_t it = 0; it < (int64_t)B * H; ++it) {
+            const int b = int(it / H), h = int(it % H);
+            if (vedit[b] < 0) continue;
+            const int t = rt.slot[b];
+            const T* vb = a.v + it * K * Dvp;
+            T* w = vw.data() + ((size_t)vedit[b] * H + h) * K * Dvp;
+            T* c = vc.data() + ((size_t)vedit[b] * H + h) * K * Dvp;
+            const int32_t* cp = a.edit.col_ptr + (int64_t)t * (K + 1);
+            for (int n = 0; n < K; ++n) {  // column n of W_t spreads row n of V over the rows it reads
+                const T* vr = vb + (int64_t)n * Dvp;
+                const T cn = a.edit.c[(int64_t)t * K + n];
+#pragma omp simd
+                for (int d = 0; d < Dvp; ++d) c[(int64_t)n * Dvp + d] = cn * vr[d];
+                for (int32_t j = cp[n]; j < cp[n + 1]; ++j) {
+                    T* wr = w + (int64_t)a.edit.rows[j] * Dvp;
+                    const T wv = a.edit.vals[j];
+#pragma omp simd
+                    for (int d = 0; d < Dvp; ++d) wr[d] += wv * vr[d];
+                }
+            }
+        }
+    }
+
+    // Query block: the row buffers ((n_src + 2) x [QB, Kp]) stay within ~512 KiB (L2).
+    const int64_t budget = (512 * 1024) / (int64_t(sizeof(T)) * Kp * (n_src + 2));
+    int QB = int(std::clamp<int64_t>(budget / MR * MR, MR, 64));
+    QB = std::min(QB, ((Q + MR - 1) / MR) * MR);
+    const int n_blocks = (Q + QB - 1) / QB;
 
 #pragma omp parallel
     {
-        std::vector<T> own((size_t)B * QB * Kp), edited((size_t)QB * Kp), acc(Dvp);
-#pragma omp for schedule(dynamic)
-        for (int64_t it = 0; it < items; ++it) {
-            const int qb = int(it % nqb), h0 = int(it / nqb) * hs;
-            const int q0 = qb * QB, nr = std::min(QB, Q - q0);
-            for (int h = h0; h < h0 + hs; ++h) {
-                for (int b = 0; b < B; ++b) {
-                    T* ob = own.data() + (size_t)b * QB * Kp;
-                    if (!need_own[b]) {
-                        std::memset(ob, 0, sizeof(T) * (size_t)nr * Kp);
+        std::vector<T> srcrows((size_t)std::max(n_src, 1) * QB * Kp), own((size_t)QB * Kp), edited((size_t)QB * Kp);
+        std::vector<T> ob((size_t)QB * Dvp);
+#pragma omp for schedule(dynamic, 1)
+        for (int blk = 0; blk < n_blocks; ++blk) {
+            const int q0 = blk * QB, nr = std::min(QB, Q - q0);
+            for (int h = 0; h < H; ++h) {
+                for (int b : order) {
+                    const int64_t bh = (int64_t)b * H + h;
+                    T* ownp = src_buf[b] >= 0 ? srcrows.data() + (size_t)src_buf[b] * QB * Kp : own.data();
+                    if (needs_own[b]) {
+                        scores_block(a.q + (bh * Q + q0) * D, nr, D, a.k + bh * D * Kp, Kp, a.scale, ownp);
+                        softmax_rows(ownp, nr, K, Kp);
+                    }
+                    const T* P = ownp;
+                    T* o = a.out + (bh * Q + q0) * Dv;
+                    if (vedit[b] >= 0) {  // cross edit through the values (see above)
+                        const size_t off = ((size_t)vedit[b] * H + h) * K * Dvp;
+                        const T* base = srcrows.data() + (size_t)src_buf[rt.src[b]] * QB * Kp;
+                        pv_block(base, nr, Kp, K, vw.data() + off, Dvp, ob.data());
+                        if (needs_own[b]) pv_block<T, true>(ownp, nr, Kp, K, vc.data() + off, Dvp, ob.data());
+                        for (int r = 0; r < nr; ++r) std::memcpy(o + (int64_t)r * Dv, ob.data() + (int64_t)r * Dvp, sizeof(T) * Dv);
                         continue;
                     }
-                    const int64_t bh = (int64_t)b * H + h;
-                    const T* kt = a.k + bh * D * Kp;
-                    for (int r = 0; r < nr; ++r) {
-                        row_scores(a.q + (bh * Q + q0 + r) * D, kt, D, Kp, a.scale, ob + (size_t)r * Kp);
-                        row_softmax(ob + (size_t)r * Kp, K, Kp);
-                    }
-                }
-                for (int b = 0; b < B; ++b) {
-                    const int s = a.route.src[b], t = a.route.slot[b];
-                    const T* pb;
-                    if (s < 0) {
-                        pb = own.data() + (size_t)b * QB * Kp;
-                    } else if (t < 0) {
-                        pb = own.data() + (size_t)s * QB * Kp;  // self-map injection
-                    } else {
-                        const T* ob = own.data() + (size_t)b * QB * Kp;
-                        const T* os = own.data() + (size_t)s * QB * Kp;
-                        for (int r = 0; r < nr; ++r) {
-                            const T* osr = os + (size_t)r * Kp;
-                            const T* obr = ob + (size_t)r * Kp;
-                            T* er = edited.data() + (size_t)r * Kp;
-                            for (int n = 0; n < K; ++n)
-                                er[n] = edited_prob(a.edit, t, n, obr[n], [osr](int w) { return osr[w]; });
-                            for (int n = K; n < Kp; ++n) er[n] = T(0);
+                    if (rt.src[b] >= 0) {
+                        const T* base = srcrows.data() + (size_t)src_buf[rt.src[b]] * QB * Kp;
+                        const int t = rt.slot[b];
+                        if (t < 0) {
+                            P = base;  // map injection
+                        } else {
+                            const bool own_used = needs_own[b];
+                            for (int r = 0; r < nr; ++r) {
+                                const T* br = base + (int64_t)r * Kp;
+                                const T* orow = ownp + (int64_t)r * Kp;
+                                T* er = edited.data() + (int64_t)r * Kp;
+                                for (int n = 0; n < K; ++n)
+                                    er[n] = edited_prob(a.edit, t, n, own_used ? orow[n] : T(0), [br](int w) { return br[w]; });
+                                for (int n = K; n < Kp; ++n) er[n] = T(0);
+                            }
+                            P = edited.data();
                         }
-                        pb = edited.data();
                     }
-                    const int si = a.store ? a.route.store_idx[b] : -1;
-                    if (si >= 0) {
-                        for (int r = 0; r < nr; ++r) {
-                            T* st = a.store + ((int64_t)si * Q + q0 + r) * K;
-                            const T* pr = pb + (size_t)r * Kp;
+                    pv_block(P, nr, Kp, K, a.v + bh * K * Dvp, Dvp, ob.data());
+                    for (int r = 0; r < nr; ++r) std::memcpy(o + (int64_t)r * Dv, ob.data() + (int64_t)r * Dvp, sizeof(T) * Dv);
+                    if (a.store && rt.store_idx[b] >= 0) {
+                        T* st = a.store + ((int64_t)rt.store_idx[b] * Q + q0) * K;
+                        for (int r = 0; r < nr; ++r)
 #pragma omp simd
-                            for (int n = 0; n < K; ++n) st[n] += pr[n];
-                        }
-                    }
-                    const int64_t bh = (int64_t)b * H + h;
-                    const T* vp = a.v + bh * K * Dvp;
-                    for (int r = 0; r < nr; ++r) {
-                        row_pv(pb + (size_t)r * Kp, vp, K, Dvp, acc.data());
-                        T* o = a.out + (bh * Q + q0 + r) * Dv;
-                        std::memcpy(o, acc.data(), sizeof(T) * Dv);
+                            for (int n = 0; n < K; ++n) st[(int64_t)r * K + n] += P[(int64_t)r * Kp + n];
                     }
                 }
             }
