@@ -43,14 +43,14 @@ def save_ply(path: str, splats: dict) -> None:
     sh0 = t["sh0"].reshape(n, 3)
     rest = shN.transpose(0, 2, 1).reshape(n, -1)  # channel-major, as the original
     cols = [t["means"], np.zeros((n, 3), np.float32), sh0, rest, t["opacities"].reshape(n, 1), t["scales"], t["quats"]]
-    data = np.concatenate(cols, 1).astype("<f4")
+    data = np.concatenate([np.asarray(c, "<f4") for c in cols], 1)
     names = attribute_names(rest.shape[1])
     header = "ply\nformat binary_little_endian 1.0\nelement vertex {}\n{}end_header\n".format(
         n, "".join(f"property float {a}\n" for a in names))
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(header.encode("ascii"))
-        f.write(data.tobytes())
+        f.write(memoryview(np.ascontiguousarray(data)).cast("B"))
     os.replace(tmp, path)
 
 
@@ -132,7 +132,13 @@ def load_ply(path: str) -> dict:
     if n_rest % 3 or int(round((n_rest // 3 + 1) ** 0.5)) ** 2 != n_rest // 3 + 1:
         raise PlyError(f"{path}: {n_rest} f_rest properties do not make a whole SH degree (expected 0, 9, 24 or 45)")
     col = lambda a: vertex[a].astype(np.float32)
-    stack = lambda attrs: np.stack([col(a) for a in attrs], 1)
+    if all(vertex.dtype[a] == np.dtype("<f4") for a in names):
+        # the usual case (all little-endian float32): one [N, props] view and column gathers, no per-column copies
+        table = vertex.view("<f4").reshape(len(vertex), len(names))
+        index = {a: i for i, a in enumerate(names)}
+        stack = lambda attrs: table[:, [index[a] for a in attrs]]
+    else:
+        stack = lambda attrs: np.stack([col(a) for a in attrs], 1)
     n = len(vertex)
     rest = stack([f"f_rest_{i}" for i in range(n_rest)]) if n_rest else np.zeros((n, 0), np.float32)
     out = {
