@@ -1,0 +1,175 @@
+"""load_scene on real data: NeRF-synthetic lego (Blender convention, RGBA), instant-ngp fox (OPENCV
+distortion), COLMAP cup (images_N and resize-once caching), a distorted COLMAP model (pycolmap
+undistortion), and the every-8th held-out split."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gsplat_kit.scene import ColmapError, load_scene
+from gsplat_kit.scene.colmap import Camera, Image as ColmapImage, Model, Points3D, write_model
+from gsplat_kit.scene.dataset import undistort_image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "..", "shared", "data")
+LEGO = os.path.join(DATA, "nerf_synthetic_lego")
+FOX = os.path.join(DATA, "instant_ngp_fox")
+CUP = os.path.join(DATA, "cup_kwrous")
+DEMO = os.path.join(ROOT, "data", "demo_scene")
+
+
+def need(path):
+    if not os.path.isdir(path):
+        pytest.skip(f"{path} is not here")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GSPLAT_KIT_CACHE", str(tmp_path / "cache"))
+
+
+def _project(view, X):
+    p = view.viewmat.double() @ torch.tensor([*X, 1.0], dtype=torch.float64)
+    uvw = view.K.double() @ p[:3]
+    return float(uvw[0] / uvw[2]), float(uvw[1] / uvw[2]), float(p[2])
+
+
+def test_lego_blender_to_opencv_and_lazy_images():
+    need(LEGO)
+    scene = load_scene(LEGO, data_factor=8, white_background=True)
+    views = scene.views
+    assert len(views) == 100 and all(v._image is None for v in views)  # nothing decoded yet
+    assert (views[0].width, views[0].height) == (100, 100)
+    f = 0.5 * 800 / math.tan(0.5 * 0.6911112070083618)
+    assert float(views[0].K[0, 0]) == pytest.approx(f / 8, rel=1e-4)
+    for v in views:
+        # the origin (the lego model's centre) is in front of every camera and projects near the
+        # image centre; with the Blender axes left unflipped it would be behind the camera (z < 0)
+        u, w, z = _project(v, (0.0, 0.0, 0.0))
+        assert z > 0 and 0.25 * v.width < u < 0.75 * v.width and 0.25 * v.height < w < 0.75 * v.height
+    # and the object really is there: alpha is non-zero at the projected centre of the full-size RGBA
+    for v in views[:5]:
+        with Image.open(v.image_path) as im:
+            alpha = np.asarray(im)[..., 3]
+        u, w, _ = _project(v, (0.0, 0.0, 0.0))
+        assert alpha[int(w * 8), int(u * 8)] > 0
+    img = views[3].load_image()
+    assert img.shape == (100, 100, 3) and views[3]._image is not None
+    assert torch.allclose(img[0, 0], torch.ones(3))  # transparent corner composited on white
+    black = load_scene(LEGO, data_factor=8).views[3].load_image()
+    assert torch.allclose(black[0, 0], torch.zeros(3))
+    assert scene.points.shape == (100_000, 3) and scene.scene_scale > 3
+
+
+def test_every_8th_image_is_held_out():
+    need(LEGO)
+    scene = load_scene(LEGO, data_factor=8)
+    names = [v.name for v in scene.views]
+    assert names == sorted(names)
+    assert [v.name for v in scene.test_views] == names[::8] and len(scene.test_views) == 13
+    assert len(scene.train_views) == 87 and not set(v.name for v in scene.train_views) & set(names[::8])
+    assert len(load_scene(LEGO, data_factor=8, test_every=10).test_views) == 10
+    assert len(load_scene(LEGO, data_factor=8, test_every=0).test_views) == 0
+
+
+def test_undistort_with_zero_coefficients_is_identity():
+    img = torch.rand(37, 53, 3)
+    K = torch.tensor([[40.0, 0, 26.0], [0, 41.0, 18.0], [0, 0, 1]])
+    assert torch.allclose(undistort_image(img, K, (0.0, 0.0, 0.0, 0.0)), img, atol=1e-5)
+
+
+def test_fox_distortion_is_undone():
+    """A dot drawn where the fox camera's distortion puts a pixel comes back to that pixel."""
+    need(FOX)
+    scene = load_scene(FOX, data_factor=8)
+    with open(os.path.join(FOX, "transforms.json")) as fh:
+        meta = json.load(fh)
+    dist = tuple(meta[k] for k in ("k1", "k2", "p1", "p2"))
+    assert len(scene.views) == 67 and all(v.distortion == pytest.approx(dist) for v in scene.views)
+    assert (scene.views[0].width, scene.views[0].height) == (135, 240)
+    assert float(scene.views[0].K[0, 0]) == pytest.approx(1375.52 * 135 / 1080, rel=1e-4)
+    img = scene.views[0].load_image()
+    assert img.shape == (240, 135, 3) and torch.isfinite(img).all()
+    v = load_scene(FOX, data_factor=2).views[0]  # at 540x960 the distortion moves corners by pixels
+    fx, fy, cx, cy = float(v.K[0, 0]), float(v.K[1, 1]), float(v.K[0, 2]), float(v.K[1, 2])
+    k1, k2, p1, p2 = dist
+    H, W = v.height, v.width
+    for i, j in [(12, 14), (525, 945), (40, 900), (270, 480)]:  # corners move most, the centre barely
+        x, y = (i + 0.5 - cx) / fx, (j + 0.5 - cy) / fy  # pixel centres at +0.5, as the loader
+        r2 = x * x + y * y
+        rad = 1 + k1 * r2 + k2 * r2 * r2
+        ud = (x * rad + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)) * fx + cx - 0.5
+        vd = (y * rad + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y) * fy + cy - 0.5
+        ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+        blob = torch.exp(-((xs - ud) ** 2 + (ys - vd) ** 2) / (2 * 1.2 ** 2)).float()
+        out = undistort_image(blob[..., None].expand(H, W, 3).contiguous(), v.K, dist)[..., 0].double()
+        w = out / out.sum()
+        ci, cj = float((w * xs).sum()), float((w * ys).sum())
+        assert abs(ci - i) < 0.25 and abs(cj - j) < 0.25, ((i, j), (ci, cj), (ud, vd))
+        if (i, j) != (270, 480):
+            assert math.hypot(ud - i, vd - j) > 2  # the check has teeth: distortion moved it (2.4-5 px)
+
+
+def test_colmap_images_n_and_resize_cache(tmp_path):
+    need(CUP)
+    full = load_scene(CUP)
+    quarter = load_scene(CUP, data_factor=4)
+    v1, v4 = full.views[0], quarter.views[0]
+    assert (v4.width, v4.height) == (200, 150) and os.path.dirname(v4.image_path).endswith("images_4")
+    assert torch.allclose(v4.K[:2], v1.K[:2] / 4, rtol=1e-5)
+    assert torch.equal(v4.viewmat, v1.viewmat)
+    assert v4.load_image().shape == (150, 200, 3)
+    half = load_scene(CUP, data_factor=2).views[0]  # no images_2: resized once, then read from the cache
+    assert half.load_image().shape == (300, 400, 3)
+    assert len(os.listdir(tmp_path / "cache" / "resized")) == 1
+    assert len(full.test_views) == len(range(0, 77, 8)) and full.points.shape[0] == 9262
+
+
+def test_distorted_colmap_model_is_undistorted_with_pycolmap(tmp_path):
+    """The demo photos under an OPENCV camera with distortion: load_scene hands out PINHOLE views."""
+    with open(os.path.join(DEMO, "cameras_gt.json")) as fh:
+        gt = json.load(fh)
+    root = tmp_path / "distorted"
+    shutil.copytree(os.path.join(DEMO, "images"), root / "images")
+    K = np.array(gt["K"])
+    cams = {1: Camera(1, "OPENCV", gt["width"], gt["height"],
+                      np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2], -0.08, 0.01, 0.0, 0.0]))}
+    images = {}
+    for i, fr in enumerate(gt["frames"][:6], 1):
+        w2c = np.array(fr["world_to_camera"])
+        images[i] = ColmapImage(i, _rot_to_quat(w2c[:3, :3]), w2c[:3, 3], 1, os.path.basename(fr["file"]))
+    rng = np.random.default_rng(0)
+    pts = Points3D(np.arange(1, 51), rng.normal(scale=0.3, size=(50, 3)), rng.integers(0, 255, (50, 3)).astype(np.uint8),
+                   np.zeros(50))
+    write_model(Model(cams, images, pts), str(root / "sparse" / "0"))
+    with pytest.raises(ColmapError, match="distorted"):
+        load_scene(str(root), undistort=False)
+    scene = load_scene(str(root), test_every=0)
+    assert len(scene.views) == 6 and scene.points.shape == (50, 3)
+    v = scene.views[0]
+    assert "undistorted" in v.image_path
+    img = v.load_image()
+    assert img.shape == (v.height, v.width, 3)
+    # the undistorted camera keeps the pose; only the intrinsics/crop change
+    assert torch.allclose(v.viewmat[:3, :3], torch.tensor(np.array(gt["frames"][0]["world_to_camera"])[:3, :3],
+                                                          dtype=torch.float32), atol=1e-5)
+
+
+def test_transforms_frame_missing_on_disk_names_it(tmp_path):
+    (tmp_path / "transforms.json").write_text(json.dumps({
+        "fl_x": 100.0, "w": 64, "h": 48,
+        "frames": [{"file_path": "images/gone.png", "transform_matrix": np.eye(4).tolist()}]}))
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        load_scene(str(tmp_path))
+
+
+def _rot_to_quat(R):
+    w = math.sqrt(max(1e-12, 1 + R[0, 0] + R[1, 1] + R[2, 2])) / 2
+    return np.array([w, (R[2, 1] - R[1, 2]) / (4 * w), (R[0, 2] - R[2, 0]) / (4 * w), (R[1, 0] - R[0, 1]) / (4 * w)])
