@@ -1,0 +1,175 @@
+"""Plug-and-Play diffusion features (Tumanyan et al., CVPR 2023): text-driven image-to-image translation
+by injecting the guidance image's features into the generation.
+
+The guidance image is DDIM-inverted (with `inversion_prompt`, "" by default); sampling then runs three
+branches in one batch, [source, unconditional, conditional], where the source branch is the inversion
+latent at each timestep. During the first `pnp_f_t` of the steps the decoder's residual features
+(`feature_layers`, default up_blocks.1.resnets.1) of the translated branches are replaced by the
+source's, and during the first `pnp_attn_t` their self-attention queries and keys: injecting Q and K is
+injecting the self-attention map softmax(Q_s K_s^T / sqrt(d)), which the fused kernel does by routing
+(`src`), without computing the translated branches' maps at all. As in MichalGeyer/pnp-diffusers.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import inversion as inv
+from .controllers import AttentionControl
+from .plan import LayerPlan
+
+
+class PnPError(ValueError):
+    """A Plug-and-Play setting does not fit the model."""
+
+
+@dataclass
+class PnPOutput:
+    images: object  # list of PIL images, np.ndarray [N, H, W, 3] in [0, 1], or latents
+    latents: torch.Tensor
+    inversion: inv.InversionResult
+
+
+class PnPInjection(AttentionControl):
+    """Self-attention map injection from batch element 0 into every other element, at the named layers,
+    while the step is below `attn_steps`."""
+
+    def __init__(self, layer_names, attn_steps: int, latent_hw=None):
+        super().__init__(num_prompts=1, store_scales=(), latent_hw=latent_hw)
+        self.layer_names = set(layer_names)
+        self.attn_steps = attn_steps
+
+    def edit_plan(self, layer, plan: LayerPlan, P, s0, scale, K):
+        if layer.name in self.layer_names and not layer.is_cross and self.cur_step < self.attn_steps:
+            plan.src[:] = [-1] + [0] * (len(plan.src) - 1)
+
+
+def default_attn_layers(unet) -> list[str]:
+    """Decoder self-attention layers but the first (pnp-diffusers: blocks 4-11 of SD's decoder)."""
+    names = [n for n in unet.attn_processors if n.startswith("up_blocks.") and ".attn1." in n]
+    if len(names) < 2:
+        raise PnPError("the UNet's decoder has fewer than two self-attention layers; name attn_layers explicitly")
+    return names[1:]
+
+
+def _resolve_attn_layers(unet, layers) -> list[str]:
+    if layers is None:
+        return default_attn_layers(unet)
+    procs = unet.attn_processors
+    out = []
+    for name in layers:
+        full = name if name.endswith(".processor") else name + ".processor"
+        if full not in procs:
+            raise PnPError(f"attention layer {name!r} is not in the UNet (e.g. {next(iter(procs))!r})")
+        if ".attn1." not in full:
+            raise PnPError(f"attention layer {name!r} is not a self-attention layer (attn1)")
+        out.append(full)
+    return out
+
+
+def _resolve_modules(unet, names):
+    mods = []
+    for name in names:
+        try:
+            mods.append(unet.get_submodule(name))
+        except AttributeError as e:
+            raise PnPError(f"feature layer {name!r} is not in the UNet ({e})") from e
+    return mods
+
+
+class PlugAndPlayPipeline:
+    """Plug-and-Play on a Stable Diffusion 1.x / 2.x pipeline: `from_pipe(sd)` / `from_pretrained(path)`,
+    then `pipe(image, prompt, ...)`."""
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, fused: bool = True):
+        self.vae, self.text_encoder, self.tokenizer, self.unet, self.scheduler = vae, text_encoder, tokenizer, unet, scheduler
+        self.fused = fused
+        inv.check_pipe(self)
+
+    @classmethod
+    def from_pipe(cls, pipe, **kw) -> "PlugAndPlayPipeline":
+        inv.check_pipe(pipe)
+        return cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, pipe.scheduler, **kw)
+
+    @classmethod
+    def from_pretrained(cls, path: str, torch_dtype=torch.float32, device=None, **kw) -> "PlugAndPlayPipeline":
+        if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "model_index.json")):
+            raise FileNotFoundError(f"weights path {path!r} is not a local diffusers pipeline folder (no model_index.json)")
+        from diffusers import StableDiffusionPipeline
+
+        sd = StableDiffusionPipeline.from_pretrained(path, dtype=torch_dtype, local_files_only=True, safety_checker=None,
+                                                     requires_safety_checker=False)
+        if device is not None:
+            sd = sd.to(device)
+        return cls.from_pipe(sd, **kw)
+
+    @torch.no_grad()
+    def __call__(self, image, prompt: str, negative_prompt: str = "", inversion_prompt: str = "",
+                 num_inference_steps: int = 50, guidance_scale: float = 7.5, pnp_f_t: float = 0.8,
+                 pnp_attn_t: float = 0.5, feature_layers=("up_blocks.1.resnets.1",), attn_layers=None,
+                 inversion: inv.InversionResult | None = None, height=None, width=None, output_type: str = "pil",
+                 progress: bool = True) -> PnPOutput:
+        from .processor import register_attention_control
+
+        for name, v in (("pnp_f_t", pnp_f_t), ("pnp_attn_t", pnp_attn_t)):
+            if not 0.0 <= v <= 1.0:
+                raise PnPError(f"{name} must be in [0, 1], got {v}")
+        if output_type not in ("pil", "np", "latent"):
+            raise PnPError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}")
+        unet = self.unet
+        attn_names = _resolve_attn_layers(unet, attn_layers)
+        feat_mods = _resolve_modules(unet, feature_layers)
+        sched = inv.ddim_scheduler(self)
+        if inversion is None:
+            inversion = inv.invert(self, image, inversion_prompt, method="ddim", num_inference_steps=num_inference_steps,
+                                   height=height, width=width, progress=progress)
+        n = len(inversion.trajectory) - 1
+        if n != num_inference_steps:
+            raise PnPError(f"the inversion has {n} steps, num_inference_steps is {num_inference_steps}")
+        traj = inversion.trajectory
+        src_emb = inv.encode_prompt(self, inversion.prompt)
+        cond, uncond = inv.encode_prompt(self, prompt), inv.encode_prompt(self, negative_prompt)
+        emb = torch.cat([src_emb, uncond, cond])
+        feat_steps, attn_steps = int(n * pnp_f_t), int(n * pnp_attn_t)
+
+        step = {"i": 0}
+
+        def inject_features(module, args, output):
+            if step["i"] < feat_steps:
+                output = output.clone()
+                output[1:] = output[:1]
+            return output
+
+        hw = tuple(traj[0].shape[-2:])
+        ctrl = PnPInjection(attn_names, attn_steps, latent_hw=hw)
+        original = unet.attn_processors
+        handles = [m.register_forward_hook(inject_features) for m in feat_mods]
+        try:
+            register_attention_control(unet, ctrl, fused=self.fused)
+            ctrl.latent_hw = hw
+            sched.set_timesteps(n)
+            x = traj[-1]
+            for i, t in enumerate(tqdm(sched.timesteps, desc="Plug-and-Play", disable=not progress)):
+                step["i"] = i
+                ctrl.cur_step, ctrl.cur_att_layer = i, 0
+                source = traj[n - i]  # the inversion latent at this timestep's level
+                out = unet(torch.cat([source, x, x]), t, encoder_hidden_states=emb).sample
+                _, ou, oc = out.chunk(3)
+                x = sched.step(ou + guidance_scale * (oc - ou), t, x).prev_sample
+        finally:
+            for h in handles:
+                h.remove()
+            unet.set_attn_processor(original)
+        if output_type == "latent":
+            images = x
+        else:
+            images = inv.decode_latents(self, x)
+            if output_type == "pil":
+                from PIL import Image
+
+                images = [Image.fromarray((im * 255).round().astype(np.uint8)) for im in images]
+        return PnPOutput(images=images, latents=x, inversion=inversion)
