@@ -57,6 +57,12 @@ def run_sfm(image_dir: str, out_dir: str, matcher: str = "auto", camera_model: s
     if camera_model not in CAMERA_MODELS:
         raise ValueError(f"camera_model must be one of {', '.join(CAMERA_MODELS)}, got {camera_model!r}")
     need = min_registered if min_registered >= 1 else max(2, int(round(min_registered * len(names))))
+    if single_camera:
+        sizes = _image_sizes(image_dir, names)
+        if len(sizes) > 1:  # one shared camera cannot have two image sizes: COLMAP would refuse
+            print(f"[sfm] {len(sizes)} different image sizes: one camera per image instead of a shared one",
+                  flush=True)
+            single_camera = False
 
     if not verbose:
         pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING chatter; our own progress lines stay
@@ -178,6 +184,20 @@ def run_sfm(image_dir: str, out_dir: str, matcher: str = "auto", camera_model: s
     shutil.rmtree(work, ignore_errors=True)
     print(format_summary(summary), flush=True)
     return summary
+
+
+def _image_sizes(image_dir: str, names: list[str]) -> set:
+    from PIL import Image
+
+    sizes = set()
+    for n in names:
+        p = os.path.join(image_dir, n)
+        try:
+            with Image.open(p) as im:  # reads the header only
+                sizes.add(im.size)
+        except OSError as e:
+            raise SfMError(f"{p}: not a readable image ({e})") from None
+    return sizes
 
 
 def format_summary(s: dict) -> str:
