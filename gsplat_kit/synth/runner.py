@@ -157,9 +157,15 @@ def synthesize(teacher, method: str, num_images: int, out, batch_size: int | Non
         for c in classes:
             (out / c).mkdir(exist_ok=True)
         _atomic_json(out / SETTINGS, settings)
+        if world == 1 or _dist_on():  # no other writer can be mid-batch yet: drop a killed run's leftovers
+            for t in out.glob(".tmp_batch_*"):
+                shutil.rmtree(t, ignore_errors=True)
     _barrier(world)
-    if rank != 0:
+    if rank != 0:  # (without a process group, rank 0 may not have made the folders yet)
         _check_resume(out, settings)
+        bdir.mkdir(parents=True, exist_ok=True)
+        for c in classes:
+            (out / c).mkdir(exist_ok=True)
     B = cfg.batch_size
     nb = math.ceil(int(num_images) / B)
     mine = [b for b in range(nb) if b % world == rank]
@@ -179,7 +185,7 @@ def synthesize(teacher, method: str, num_images: int, out, batch_size: int | Non
         seconds = time.time() - t0
         if images.shape[1:] != (3, size, size) or images.shape[0] != len(targets):
             raise RuntimeError(f"{method}: batch {b} came back with shape {tuple(images.shape)}")
-        _commit_batch(out, b, images, targets, classes, log, seconds)
+        _commit_batch(out, b, images, targets, classes, dict(log, rank=rank), seconds)
         if bar is not None:
             bar.update(1)
             if "loss_final" in log:
@@ -192,8 +198,12 @@ def synthesize(teacher, method: str, num_images: int, out, batch_size: int | Non
     return _summarise(out, nb, settings) if rank == 0 else {"rank": rank, "batches": mine}
 
 
+def _dist_on() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _barrier(world):
-    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if world > 1 and _dist_on():
         torch.distributed.barrier()
 
 
