@@ -173,3 +173,17 @@ def test_transforms_frame_missing_on_disk_names_it(tmp_path):
 def _rot_to_quat(R):
     w = math.sqrt(max(1e-12, 1 + R[0, 0] + R[1, 1] + R[2, 2])) / 2
     return np.array([w, (R[2, 1] - R[1, 2]) / (4 * w), (R[0, 2] - R[2, 0]) / (4 * w), (R[1, 0] - R[0, 1]) / (4 * w)])
+
+
+@pytest.mark.parametrize("meta, msg", [
+    ({"w": 64, "h": 48, "frames": [{"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}]}, "no focal length"),
+    ({"fl_x": 50.0, "frames": [{"file_path": "a.png", "transform_matrix": [[1, 0], [0, 1]]}]}, "4x4"),
+    ({"fl_x": 50.0, "frames": [{"file_path": "a.png"}]}, "transform_matrix"),
+    ({"fl_x": 50.0, "frames": []}, "no 'frames'"),
+])
+def test_malformed_transforms_name_the_file(tmp_path, meta, msg):
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.png")
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=msg) as e:
+        load_scene(str(tmp_path))
+    assert "transforms.json" in str(e.value)

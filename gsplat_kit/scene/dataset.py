@@ -190,17 +190,22 @@ def _load_transforms(root: str, fname: str, factor: int, white_background: bool)
         if not frames:
             raise ValueError(f"{meta_path}: no 'frames'")
         for i, fr in enumerate(frames):
+            if not isinstance(fr, dict) or "file_path" not in fr or "transform_matrix" not in fr:
+                raise ValueError(f"{meta_path}: frame {i} needs 'file_path' and 'transform_matrix'")
             img_path = _frame_image(root, fr["file_path"])
             if img_path is None:
                 raise FileNotFoundError(f"{os.path.join(root, fr['file_path'])}: frame {i} of {meta_path} is missing on disk")
             w0, h0 = _frame_size(meta, fr, img_path)
             w, h = w0 // factor, h0 // factor
-            fx, fy, cx, cy = _frame_intrinsics(meta, fr, w0, h0)
+            fx, fy, cx, cy = _frame_intrinsics(meta, fr, w0, h0, meta_path)
             s = w / w0
             K = torch.tensor([[fx * s, 0, cx * s], [0, fy * h / h0, cy * h / h0], [0, 0, 1]], dtype=torch.float32)
-            c2w = np.array(fr["transform_matrix"], dtype=np.float64)
+            try:
+                c2w = np.array(fr["transform_matrix"], dtype=np.float64).reshape(4, 4)
+            except (ValueError, TypeError):
+                raise ValueError(f"{meta_path}: frame {i}: transform_matrix is not a 4x4 matrix") from None
             c2w[:3, 1:3] *= -1  # Blender/OpenGL (y up, z back) -> OpenCV (y down, z forward)
-            dist = tuple(float(meta.get(k, fr.get(k, 0.0))) for k in ("k1", "k2", "p1", "p2"))
+            dist = tuple(float(fr.get(k, meta.get(k, 0.0))) for k in ("k1", "k2", "p1", "p2"))  # per frame wins
             name = os.path.relpath(img_path, root)
             views.append(View(name, w, h, K, torch.tensor(np.linalg.inv(c2w), dtype=torch.float32), img_path,
                               background=bg, distortion=dist if any(dist) else None))
@@ -232,7 +237,7 @@ def _frame_size(meta, fr, img_path):
         return im.size
 
 
-def _frame_intrinsics(meta, fr, w, h):
+def _frame_intrinsics(meta, fr, w, h, meta_path="transforms json"):
     get = lambda k: fr.get(k, meta.get(k))
     if get("fl_x"):
         fx = float(get("fl_x"))
@@ -241,7 +246,7 @@ def _frame_intrinsics(meta, fr, w, h):
         fx = 0.5 * w / math.tan(0.5 * float(get("camera_angle_x")))
         fy = 0.5 * h / math.tan(0.5 * float(get("camera_angle_y"))) if get("camera_angle_y") else fx
     else:
-        raise ValueError("transforms json: no focal length (fl_x or camera_angle_x)")
+        raise ValueError(f"{meta_path}: no focal length (fl_x or camera_angle_x)")
     cx = float(get("cx")) if get("cx") is not None else w / 2
     cy = float(get("cy")) if get("cy") is not None else h / 2
     return fx, fy, cx, cy
