@@ -128,6 +128,7 @@ def test_unrelated_photos_fail_with_few_registered(tmp_path):
     with pytest.raises(SfMError, match=r"(registered|no model)"):
         run_sfm(str(d), str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out" / "sparse")  # nothing half-written
+    assert not os.path.exists(tmp_path / "out" / ".sfm_work")  # nor the scratch database left behind
 
 
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):

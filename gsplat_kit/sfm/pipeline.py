@@ -64,8 +64,8 @@ def run_sfm(image_dir: str, out_dir: str, matcher: str = "auto", camera_model: s
                   flush=True)
             single_camera = False
 
-    if not verbose:
-        pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING chatter; our own progress lines stay
+    # COLMAP's INFO/WARNING chatter is hidden unless asked for; our own progress lines stay
+    pycolmap.logging.minloglevel = 0 if verbose else 2
     os.makedirs(out_dir, exist_ok=True)
     work = os.path.join(out_dir, ".sfm_work")
     shutil.rmtree(work, ignore_errors=True)
@@ -78,110 +78,112 @@ def run_sfm(image_dir: str, out_dir: str, matcher: str = "auto", camera_model: s
     def stage(msg):
         print(f"[sfm] {msg}", flush=True)
 
-    # 1. features
-    stage(f"extracting SIFT features from {len(names)} images in {image_dir}")
-    reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = camera_model
-    ext = pycolmap.FeatureExtractionOptions()
-    ext.num_threads = num_threads
-    ext.max_image_size = max_image_size
-    ext.sift.max_num_features = max_num_features
-    mode = pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.AUTO
-    pycolmap.extract_features(db, image_dir, image_names=names, camera_mode=mode, reader_options=reader,
-                              extraction_options=ext, device=cpu)
-    times["features_s"] = time.perf_counter() - t0
-
-    # 2. matching
-    t = time.perf_counter()
-    stage(f"{matcher} matching")
-    mopt = pycolmap.FeatureMatchingOptions()
-    mopt.num_threads = num_threads
-    if matcher == "exhaustive":
-        pycolmap.match_exhaustive(db, matching_options=mopt, device=cpu)
-    else:
-        pair = pycolmap.SequentialPairingOptions()
-        pair.overlap = 10
-        pair.quadratic_overlap = True
-        pycolmap.match_sequential(db, matching_options=mopt, pairing_options=pair, device=cpu)
-    times["matching_s"] = time.perf_counter() - t
-
-    # 3. incremental mapping, with a bar counting registered images
-    t = time.perf_counter()
-    stage("incremental mapping")
-    opts = pycolmap.IncrementalPipelineOptions()
-    opts.num_threads = num_threads
-    opts.random_seed = seed
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(names), desc="[sfm] registered", unit="img", file=sys.stdout, leave=False)
-    bar_state = {"n": 0}
-
-    def on_image():
-        bar_state["n"] += 1
-        bar.update(1)
-
-    def on_init():
-        bar_state["n"] += 2
-        bar.update(2)
-
-    sparse_raw = os.path.join(work, "sparse")
-    os.makedirs(sparse_raw)
     try:
-        recs = pycolmap.incremental_mapping(db, image_dir, sparse_raw, options=opts,
-                                            initial_image_pair_callback=on_init, next_image_callback=on_image)
-    finally:
-        bar.close()
-    times["mapping_s"] = time.perf_counter() - t
-    if not recs:
-        raise SfMError(f"{image_dir}: mapping found no model (the photos share too few matching features: "
-                       f"more overlap, more texture, or --matcher exhaustive may help)")
-    best_id, rec = max(recs.items(), key=lambda kv: kv[1].num_reg_images())
-    n_reg = rec.num_reg_images()
-    if n_reg < need:
-        raise SfMError(f"{image_dir}: only {n_reg} of {len(names)} images registered (need {need}); "
-                       f"{len(recs)} model(s) found")
-    registered = sorted(rec.images[i].name for i in rec.reg_image_ids())
-    summary = {
-        "image_dir": image_dir, "out_dir": out_dir, "matcher": matcher, "camera_model": camera_model,
-        "num_images": len(names), "num_registered": n_reg, "num_models": len(recs),
-        "num_points": rec.num_points3D(), "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
-        "mean_track_length": float(rec.compute_mean_track_length()) if rec.num_points3D() else 0.0,
-        "unregistered": sorted(set(names) - set(registered)),
-    }
+        # 1. features
+        stage(f"extracting SIFT features from {len(names)} images in {image_dir}")
+        reader = pycolmap.ImageReaderOptions()
+        reader.camera_model = camera_model
+        ext = pycolmap.FeatureExtractionOptions()
+        ext.num_threads = num_threads
+        ext.max_image_size = max_image_size
+        ext.sift.max_num_features = max_num_features
+        mode = pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.AUTO
+        pycolmap.extract_features(db, image_dir, image_names=names, camera_mode=mode, reader_options=reader,
+                                  extraction_options=ext, device=cpu)
+        times["features_s"] = time.perf_counter() - t0
 
-    # 4. undistortion -> PINHOLE model and images in the layout load_scene reads
-    t = time.perf_counter()
-    stage("undistorting" if undistort else "writing the model")
-    model_dir = os.path.join(sparse_raw, str(best_id))
-    rec.write(model_dir)
-    staged = os.path.join(work, "out")
-    if undistort:
-        pycolmap.undistort_images(staged, model_dir, image_dir, image_names=registered, num_threads=num_threads)
-        flat = os.path.join(staged, "sparse")
-        os.makedirs(os.path.join(flat, "0"), exist_ok=True)
-        for f in ("cameras.bin", "images.bin", "points3D.bin", "rigs.bin", "frames.bin"):
-            if os.path.exists(os.path.join(flat, f)):
-                os.replace(os.path.join(flat, f), os.path.join(flat, "0", f))
-    else:
-        os.makedirs(os.path.join(staged, "sparse"))
-        shutil.copytree(model_dir, os.path.join(staged, "sparse", "0"))
-        os.makedirs(os.path.join(staged, "images"))
-        for n in registered:
-            shutil.copy2(os.path.join(image_dir, n), os.path.join(staged, "images", n))
-    # swap the finished folders in (a failed run above leaves any previous result untouched)
-    for sub in ("images", "sparse"):
-        dst = os.path.join(out_dir, sub)
-        if os.path.exists(dst):
-            shutil.rmtree(dst)
-        os.replace(os.path.join(staged, sub), dst)
-    times["undistort_s"] = time.perf_counter() - t
-    times["total_s"] = time.perf_counter() - t0
-    summary.update({k: round(v, 2) for k, v in times.items()})
-    tmp = os.path.join(out_dir, f"sfm_summary.json.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(summary, fh, indent=2)
-    os.replace(tmp, os.path.join(out_dir, "sfm_summary.json"))
-    shutil.rmtree(work, ignore_errors=True)
+        # 2. matching
+        t = time.perf_counter()
+        stage(f"{matcher} matching")
+        mopt = pycolmap.FeatureMatchingOptions()
+        mopt.num_threads = num_threads
+        if matcher == "exhaustive":
+            pycolmap.match_exhaustive(db, matching_options=mopt, device=cpu)
+        else:
+            pair = pycolmap.SequentialPairingOptions()
+            pair.overlap = 10
+            pair.quadratic_overlap = True
+            pycolmap.match_sequential(db, matching_options=mopt, pairing_options=pair, device=cpu)
+        times["matching_s"] = time.perf_counter() - t
+
+        # 3. incremental mapping, with a bar counting registered images
+        t = time.perf_counter()
+        stage("incremental mapping")
+        opts = pycolmap.IncrementalPipelineOptions()
+        opts.num_threads = num_threads
+        opts.random_seed = seed
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(names), desc="[sfm] registered", unit="img", file=sys.stdout, leave=False)
+        bar_state = {"n": 0}
+
+        def on_image():
+            bar_state["n"] += 1
+            bar.update(1)
+
+        def on_init():
+            bar_state["n"] += 2
+            bar.update(2)
+
+        sparse_raw = os.path.join(work, "sparse")
+        os.makedirs(sparse_raw)
+        try:
+            recs = pycolmap.incremental_mapping(db, image_dir, sparse_raw, options=opts,
+                                                initial_image_pair_callback=on_init, next_image_callback=on_image)
+        finally:
+            bar.close()
+        times["mapping_s"] = time.perf_counter() - t
+        if not recs:
+            raise SfMError(f"{image_dir}: mapping found no model (the photos share too few matching features: "
+                           f"more overlap, more texture, or --matcher exhaustive may help)")
+        best_id, rec = max(recs.items(), key=lambda kv: kv[1].num_reg_images())
+        n_reg = rec.num_reg_images()
+        if n_reg < need:
+            raise SfMError(f"{image_dir}: only {n_reg} of {len(names)} images registered (need {need}); "
+                           f"{len(recs)} model(s) found")
+        registered = sorted(rec.images[i].name for i in rec.reg_image_ids())
+        summary = {
+            "image_dir": image_dir, "out_dir": out_dir, "matcher": matcher, "camera_model": camera_model,
+            "num_images": len(names), "num_registered": n_reg, "num_models": len(recs),
+            "num_points": rec.num_points3D(), "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
+            "mean_track_length": float(rec.compute_mean_track_length()) if rec.num_points3D() else 0.0,
+            "unregistered": sorted(set(names) - set(registered)),
+        }
+
+        # 4. undistortion -> PINHOLE model and images in the layout load_scene reads
+        t = time.perf_counter()
+        stage("undistorting" if undistort else "writing the model")
+        model_dir = os.path.join(sparse_raw, str(best_id))
+        rec.write(model_dir)
+        staged = os.path.join(work, "out")
+        if undistort:
+            pycolmap.undistort_images(staged, model_dir, image_dir, image_names=registered, num_threads=num_threads)
+            flat = os.path.join(staged, "sparse")
+            os.makedirs(os.path.join(flat, "0"), exist_ok=True)
+            for f in ("cameras.bin", "images.bin", "points3D.bin", "rigs.bin", "frames.bin"):
+                if os.path.exists(os.path.join(flat, f)):
+                    os.replace(os.path.join(flat, f), os.path.join(flat, "0", f))
+        else:
+            os.makedirs(os.path.join(staged, "sparse"))
+            shutil.copytree(model_dir, os.path.join(staged, "sparse", "0"))
+            os.makedirs(os.path.join(staged, "images"))
+            for n in registered:
+                shutil.copy2(os.path.join(image_dir, n), os.path.join(staged, "images", n))
+        # swap the finished folders in (a failed run above leaves any previous result untouched)
+        for sub in ("images", "sparse"):
+            dst = os.path.join(out_dir, sub)
+            if os.path.exists(dst):
+                shutil.rmtree(dst)
+            os.replace(os.path.join(staged, sub), dst)
+        times["undistort_s"] = time.perf_counter() - t
+        times["total_s"] = time.perf_counter() - t0
+        summary.update({k: round(v, 2) for k, v in times.items()})
+        tmp = os.path.join(out_dir, f"sfm_summary.json.tmp{os.getpid()}")
+        with open(tmp, "w") as fh:
+            json.dump(summary, fh, indent=2)
+        os.replace(tmp, os.path.join(out_dir, "sfm_summary.json"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the database and raw models: only needed while running
     print(format_summary(summary), flush=True)
     return summary
 
