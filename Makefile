@@ -40,6 +40,7 @@ bench: build
 	$(PY) -m pip install -q -r requirements-bench.txt
 	$(PY) scripts/bench_raster.py $(BENCH_ARGS)
 	$(PY) scripts/bench_viewer.py
+	$(PY) scripts/bench_sfm.py
 	$(PY) scripts/bench_train.py $(BENCH_TRAIN_ARGS)
 
 clean:
