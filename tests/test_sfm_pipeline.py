@@ -114,6 +114,12 @@ def test_no_images_is_a_clear_error(tmp_path):
         run_sfm(str(tmp_path / "photos"), str(tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="nowhere"):
         run_sfm(str(tmp_path / "nowhere"), str(tmp_path / "out"))
+    photos = tmp_path / "scene" / "images"
+    photos.mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(photos / "a.png")
+    with pytest.raises(ValueError, match="would replace the input photos"):  # sfm scene/images scene
+        run_sfm(str(photos), str(tmp_path / "scene"))
+    assert os.path.exists(photos / "a.png")
     with pytest.raises(ValueError, match="matcher"):
         run_sfm(os.path.join(DEMO, "images"), str(tmp_path / "out"), matcher="vocab")
 

@@ -48,6 +48,12 @@ def run_sfm(image_dir: str, out_dir: str, matcher: str = "auto", camera_model: s
     image_dir = os.path.abspath(image_dir)
     out_dir = os.path.abspath(out_dir)
     names = list_images(image_dir)
+    for sub in ("images", "sparse"):  # these get replaced at the end: never the photos themselves
+        victim = os.path.realpath(os.path.join(out_dir, sub))
+        real = os.path.realpath(image_dir)
+        if real == victim or real.startswith(victim + os.sep):
+            raise ValueError(f"OUT {out_dir}: its {sub}/ would replace the input photos {image_dir}; move the "
+                             f"photos elsewhere (e.g. {os.path.join(out_dir, 'input')}) or choose another OUT")
     if len(names) < 2:
         raise SfMError(f"{image_dir}: SfM needs at least 2 images, found {len(names)}")
     if matcher == "auto":
