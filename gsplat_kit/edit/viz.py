@@ -19,7 +19,7 @@ def _heat(x: np.ndarray) -> np.ndarray:
 
 def attention_grid(controller, prompts, tokenizer, images=None, scale=None, cell: int = 128):
     """PIL image: one row per prompt, one cell per token (start and end tokens included), each the map of
-    that token averaged over heads, layers at latent/scale and steps, normalised by its max and laid over
+    that token averaged over heads, layers at latent/scale and steps, stretched to its range and laid over
     the generated image when `images` ([P, H, W, 3] uint8 or PIL list) is given."""
     from PIL import Image, ImageDraw
 
@@ -32,7 +32,9 @@ def attention_grid(controller, prompts, tokenizer, images=None, scale=None, cell
         cells = []
         for n, tid in enumerate(ids):
             m = maps[p, :, :, n]
-            m = (m / m.max().clamp_min(1e-12)).numpy()
+            # stretched to [min, max] per token (the original divides by the max only, which leaves
+            # diffuse maps one flat colour)
+            m = ((m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)).numpy()
             heat = np.asarray(Image.fromarray(_heat(m)).resize((cell, cell), Image.BILINEAR))
             if images is not None:
                 base = np.asarray(Image.fromarray(images[p].astype(np.uint8)).resize((cell, cell), Image.BILINEAR))
