@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""NaturalInversion vs DeepInversion at the same budget, judged by KD into the same student.
+
+For each method: synthesise --num-images images (same batch size and iterations per batch), time it
+(images/s, seconds per image-iteration) and its peak memory; then distil a fresh student on those
+images only with the same schedule, and report its accuracy on the real CIFAR-10 test set. The upper
+reference is the same KD on as many real CIFAR-10 training images.
+
+CPU (the committed ResNet-20 teacher, ~10-15 min on 2 busy cores):
+    nice -n 10 python scripts/bench_synth.py
+GPU (the papers' protocol at a reduced image count; train the teacher first with scripts/train_teacher.py):
+    python scripts/bench_synth.py --device cuda --teacher resnet34_cifar10.pt --student resnet18 \
+        --num-images 2560 --batch-size 256 --iterations 2000 --kd-epochs 200 --test-limit 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep on a shared CPU
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+
+from gsplat_kit.synth import distill as D  # noqa: E402
+from gsplat_kit.synth import runner  # noqa: E402
+from gsplat_kit.synth.models import load_teacher  # noqa: E402
+
+
+class PeakMemory:
+    """Peak resident memory (CPU, sampled from /proc every 20 ms) or peak allocated CUDA memory."""
+
+    def __init__(self, device):
+        self.cuda = str(device).startswith("cuda")
+
+    @staticmethod
+    def _rss():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self.peak = self._rss()
+            self._stop = threading.Event()
+            self._t = threading.Thread(target=self._poll, daemon=True)
+            self._t.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._t.join()
+            self.peak = max(self.peak, self._rss())
+
+    @property
+    def mib(self):
+        return {"peak_mib": round(self.peak / 2 ** 20, 1), "above_start_mib": round((self.peak - self.base) / 2 ** 20, 1)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", default="data/teachers/resnet20_cifar10.pt")
+    p.add_argument("--student", default="resnet20")
+    p.add_argument("--methods", default="natural,deep")
+    p.add_argument("--num-images", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--iterations", type=int, default=100, help="optimisation steps per batch (both methods)")
+    p.add_argument("--kd-epochs", type=int, default=40)
+    p.add_argument("--kd-batch-size", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--test-limit", type=int, default=2000, help="balanced subset of the test set (0: all 10k)")
+    p.add_argument("--no-real", action="store_true", help="skip the real-image KD reference")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="/tmp/bench_synth")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    teacher = load_teacher(args.teacher)
+    teacher = (teacher[0].to(args.device), dict(teacher[1], path=args.teacher))
+    kd = dict(student_arch=args.student, epochs=args.kd_epochs, batch_size=args.kd_batch_size,
+              temperature=args.temperature, seed=args.seed, device=args.device, progress=True,
+              test_limit=args.test_limit or None, metrics_real_per_class=100)
+    report = {"settings": vars(args), "device": _device_name(args.device), "threads": torch.get_num_threads(),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "methods": {}}
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        out = os.path.join(args.out, method)
+        shutil.rmtree(out, ignore_errors=True)  # time a fresh run, not a resumed one
+        t0 = time.time()
+        with PeakMemory(args.device) as mem:
+            summ = runner.synthesize(teacher, method, args.num_images, out, batch_size=args.batch_size,
+                                     iterations=args.iterations, seed=args.seed, device=args.device)
+        sec = time.time() - t0
+        res = {"synth_seconds": round(sec, 1), "images_per_second": round(args.num_images / sec, 4),
+               "ms_per_image_iteration": round(1000 * sec / (args.num_images * args.iterations), 3),
+               "memory": mem.mib, "mean_loss_final": summ.get("mean_loss_final"),
+               "mean_teacher_acc_at_synthesis": summ.get("mean_teacher_acc")}
+        res.update(D.distill(out, teacher, **kd))
+        report["methods"][method] = res
+        print(json.dumps({method: res}, indent=1), flush=True)
+    if not args.no_real:
+        report["real"] = D.distill_real(args.num_images, teacher, **kd)
+        print(json.dumps({"real": report["real"]}, indent=1), flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench_synth.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    _table(report)
+    return 0
+
+
+def _device_name(device):
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"CPU, {os.cpu_count()} cores"
+
+
+def _table(r):
+    s = r["settings"]
+    print(f"\nteacher {s['teacher']} (test acc {next(iter(r['methods'].values()), r.get('real', {})).get('teacher_test_accuracy', float('nan')):.4f}),"
+          f" {s['num_images']} images, batch {s['batch_size']}, {s['iterations']} iterations/batch,"
+          f" KD {s['kd_epochs']} epochs -> {s['student']}, {r['device']}, {r['threads']} threads")
+    print(f"{'set':<10}{'student acc':>12}{'img/s':>9}{'ms/img-it':>11}{'peak MiB':>10}{'T-acc syn':>10}{'IS(T)':>7}{'cls-FD':>9}")
+    rows = list(r["methods"].items()) + ([("real", r["real"])] if "real" in r else [])
+    for name, m in rows:
+        print(f"{name:<10}{m['student_test_accuracy']:>12.4f}{m.get('images_per_second', float('nan')):>9.3f}"
+              f"{m.get('ms_per_image_iteration', float('nan')):>11.2f}{m.get('memory', {}).get('peak_mib', float('nan')):>10.0f}"
+              f"{m['teacher_acc_on_synthetic']:>10.3f}{m['inception_score_teacher']:>7.2f}{m['class_feature_distance']:>9.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
