@@ -123,8 +123,8 @@ def test_natural_inversion_gradients_reach_generator_pyramid_and_acs():
         logits = teacher(x * net.std + net.mean)
         (nn.functional.cross_entropy(logits, y) + bn.loss()).backward()
     grads = {"generator": net.generator.fc.weight.grad, "generator_last_conv": net.generator.body[-1].weight.grad,
-             "ftp_to_rgb": net.ftp.to_rgb.weight.grad, "ftp_fuse": net.ftp.fuse[0].weight.grad,
-             "ftp_proj": net.ftp.proj[-1].weight.grad, "acs": net.alpha.grad}
+             "ftp_to_rgb": net.ftp.to_rgb.lin.weight.grad, "ftp_fuse": net.ftp.fuse[0].weight.grad,
+             "ftp_proj": net.ftp.proj[-1].lin.weight.grad, "acs": net.alpha.grad}
     for name, g in grads.items():
         assert g is not None and g.abs().sum() > 0 and torch.isfinite(g).all(), name
     assert all(p.grad is None for p in teacher.parameters())

@@ -2,8 +2,9 @@
 teacher classifies them as the targets while the statistics they induce in every BN layer match the
 running statistics (plus TV / l2 image priors, random jitter, and ADI's competition term as an option).
 
-Defaults are the reference's CIFAR-10 settings (NVlabs/DeepInversion, cifar10/deepinversion_cifar10.py):
-batch 256, 2000 iterations, Adam lr 0.1, BN weight 100, TV(l2) 2.5e-5, l2 0, jitter 2, no flip.
+Defaults are the reference's CIFAR-10 "parameters from the paper" (NVlabs/DeepInversion, cifar10/README.md
+and deepinversion_cifar10.py): batch 256, 2000 iterations, Adam lr 0.05, BN weight 10, TV(l2) 2.5e-5,
+l2 0, jitter 2, no flip, no competition term.
 The images are optimised in the teacher's normalised space (as there) and returned in [0,1] pixels.
 """
 from __future__ import annotations
@@ -24,8 +25,8 @@ from .priors import competition_loss, jitter_flip, l2_prior, tv_l1, tv_l2
 class DeepInversionConfig:
     batch_size: int = 256
     iterations: int = 2000
-    lr: float = 0.1
-    bn_weight: float = 100.0            # r_feature
+    lr: float = 0.05
+    bn_weight: float = 10.0             # r_feature
     first_bn_multiplier: float = 1.0    # 10 in the ImageNet setting
     tv_l2_weight: float = 2.5e-5
     tv_l1_weight: float = 0.0

@@ -83,6 +83,19 @@ class Generator(nn.Module):
         return self.body(h.view(len(z), self.channels, self.init_size, self.init_size))
 
 
+class Pointwise(nn.Module):
+    """A 1x1 convolution as a matrix product over the channel axis: the same function and initialisation
+    as ``nn.Conv2d(cin, cout, 1)``, but its backward is a plain GEMM (PyTorch's CPU 1x1-conv backward was
+    measured 5-10x slower at these shapes, a third of a NaturalInversion step)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.lin = nn.Linear(cin, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x.movedim(1, -1)).movedim(-1, 1)
+
+
 class FeatureTransferPyramid(nn.Module):
     """Decodes the teacher's stage maps (finest first, e.g. 16x32x32, 32x16x16, 64x8x8) top-down:
     from the coarsest, repeatedly upsample, 1x1-project to the next finer width, add that map, 3x3 conv;
@@ -92,10 +105,10 @@ class FeatureTransferPyramid(nn.Module):
         super().__init__()
         if len(channels) < 1:
             raise ValueError("the Feature Transfer Pyramid needs at least one teacher feature map")
-        self.proj = nn.ModuleList(nn.Conv2d(channels[k + 1], channels[k], 1) for k in range(len(channels) - 1))
+        self.proj = nn.ModuleList(Pointwise(channels[k + 1], channels[k]) for k in range(len(channels) - 1))
         self.fuse = nn.ModuleList(nn.Conv2d(channels[k], channels[k], 3, 1, 1) for k in range(len(channels) - 1))
-        self.to_rgb = nn.Conv2d(channels[0], 3, 1)
-        self.mix = nn.Conv2d(3, 3, 1)
+        self.to_rgb = Pointwise(channels[0], 3)
+        self.mix = Pointwise(3, 3)
 
     def forward(self, x: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor:
         out = maps[-1]
