@@ -164,3 +164,23 @@ def test_sequential_matcher_on_video_like_frames(tmp_path):
     gt, est = _demo_gt_centres(), model_centres(read_model(str(out / "sparse" / "0")))
     r = align_centres(np.stack([est[n] for n in names]), np.stack([gt[n] for n in names]))
     assert r["max_error"] < 0.05, r["errors"]
+
+
+def test_demo_scene_files_are_consistent():
+    """The embedded scene: 24-36 small photos, well under 2 MB, and known cameras that look at the object."""
+    with open(os.path.join(DEMO, "cameras_gt.json")) as fh:
+        gt = json.load(fh)
+    names = sorted(os.listdir(os.path.join(DEMO, "images")))
+    assert 24 <= len(names) <= 36 and names == sorted(os.path.basename(f["file"]) for f in gt["frames"])
+    total = sum(os.path.getsize(os.path.join(DEMO, "images", n)) for n in names)
+    assert total < 1.5e6, total
+    K = np.array(gt["K"])
+    for n in names:
+        with Image.open(os.path.join(DEMO, "images", n)) as im:
+            assert im.size == (gt["width"], gt["height"])
+    for fr in gt["frames"]:
+        w2c = np.array(fr["world_to_camera"])
+        assert np.allclose(w2c[:3, :3] @ w2c[:3, :3].T, np.eye(3), atol=1e-9)
+        p = w2c[:3, :3] @ np.array([0.0, 0.1, 0.35]) + w2c[:3, 3]  # the look-at target
+        u, v = (K @ p)[:2] / p[2]
+        assert p[2] > 0 and abs(u - gt["width"] / 2) < 1 and abs(v - gt["height"] / 2) < 1
