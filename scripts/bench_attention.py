@@ -153,7 +153,7 @@ def peak_memory(case, path, device):
     # Fresh process; freed heap trimmed, then the kernel's peak-RSS mark (VmHWM) reset through
     # /proc/self/clear_refs, so the figure is this one call's peak growth over what was resident before.
     code = (f"import sys, ctypes; sys.path.insert(0, {ROOT!r}); import scripts.bench_attention as b, torch;"
-            f"x = b.make_inputs({case!r}, 'cpu'); fa = b.fused_path_args(x);"
+            f"torch.set_num_threads({torch.get_num_threads()}); x = b.make_inputs({case!r}, 'cpu'); fa = b.fused_path_args(x);"
             f"from gsplat_kit import _backend; _backend.load();"
             f"ctypes.CDLL('libc.so.6').malloc_trim(0); r0 = b.vm('VmRSS'); open('/proc/self/clear_refs', 'w').write('5');"
             f"y = (b.torch_path(x) if {path!r} == 'torch' else b.fused_path(x, fa));"
@@ -169,8 +169,11 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for both paths (default: torch's)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # also OpenMP's, which the kernel uses
     from gsplat_kit import _backend
 
     print(_backend.describe())
