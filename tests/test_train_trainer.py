@@ -149,3 +149,12 @@ def test_viewer_flag_with_the_real_viewer(tmp_path, scene, monkeypatch):
     monkeypatch.setattr(export, "write_ply", lambda path, s: None)
     m = Trainer(_cfg(tmp_path, "rv", steps=3, viewer=True, viewer_port=0, eval=False), scene=scene).train()
     assert m["steps"] == 3
+
+
+def test_random_background_needs_a_scene_without_one(tmp_path, scene):
+    import dataclasses
+
+    white = dataclasses.replace(scene, background=torch.ones(3))
+    with pytest.raises(ValueError, match="fixed background"):
+        Trainer(_cfg(tmp_path, "bg", random_background=True), scene=white)
+    Trainer(_cfg(tmp_path, "bg", random_background=False), scene=white)

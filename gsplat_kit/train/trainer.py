@@ -89,6 +89,10 @@ class Trainer:
         self.scene = scene
         self.scene_scale = float(scene.scene_scale)
         self.background = None if scene.background is None else torch.as_tensor(scene.background, dtype=torch.float32)
+        if cfg.random_background and self.background is not None:
+            # the ground truth is already composited on the scene's background; a random one would not match
+            raise ValueError(f"{cfg.data}: random_background conflicts with the scene's fixed background "
+                             f"{self.background.tolist()} (drop --random-background or --white-background)")
         self.strategy = make_strategy(cfg.strategy, **cfg.strategy_options)
         self.sampler = ViewSampler(len(scene.train_views), cfg.seed)
         self._images: dict[int, torch.Tensor] = {}
