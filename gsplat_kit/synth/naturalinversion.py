@@ -149,8 +149,11 @@ class NaturalInversionBatch(nn.Module):
             with torch.no_grad():
                 chans = [m.shape[1] for m in stage_maps(teacher, torch.zeros(2, 3, s, s, device=dev))]
             self.ftp = FeatureTransferPyramid(chans)
-        self.alpha = nn.Parameter(torch.empty((len(targets), 3, 1, 1)).normal_(cfg.acs_init_mean, cfg.acs_init_std),
-                                  requires_grad=cfg.use_acs)
+        if cfg.use_acs:   # per image and channel, N(5, 1) as in the reference
+            alpha = torch.empty((len(targets), 3, 1, 1)).normal_(cfg.acs_init_mean, cfg.acs_init_std)
+        else:             # the "w/o ACS" ablation: the tanh output as it is
+            alpha = torch.ones((len(targets), 3, 1, 1))
+        self.alpha = nn.Parameter(alpha, requires_grad=cfg.use_acs)
         self.register_buffer("z", torch.randn((len(targets), cfg.latent_dim)))
         self.to(dev)
 
