@@ -121,15 +121,7 @@ def run_sfm(image_dir: str, out_dir: str, matcher: str = "auto", camera_model: s
         from tqdm import tqdm
 
         bar = tqdm(total=len(names), desc="[sfm] registered", unit="img", file=sys.stdout, leave=False)
-        bar_state = {"n": 0}
-
-        def on_image():
-            bar_state["n"] += 1
-            bar.update(1)
-
-        def on_init():
-            bar_state["n"] += 2
-            bar.update(2)
+        on_init, on_image = (lambda: bar.update(2)), (lambda: bar.update(1))  # initial pair, then one by one
 
         sparse_raw = os.path.join(work, "sparse")
         os.makedirs(sparse_raw)
