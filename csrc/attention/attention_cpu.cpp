@@ -2,7 +2,7 @@
 // blocks; inside a block, every head and batch element, sources first, so that the elements that take
 // a source's map find its rows at hand. Only blocks of rows ever exist ([QB, Kp] per source plus two
 // scratch blocks per thread), never a [Q, K] map; scores are skipped for elements that never read their
-// own map (map injection, full word swap). Scores and P.V run on register tiles (4 rows x 4 64-byte
+// own map (map injection, full word swap). Scores and P.V run on register tiles (4 rows x up to 5 64-byte
 // vectors, GCC vector extensions: AVX-512, AVX2 or SSE, whatever the build targets).
 #include <algorithm>
 #include <cstring>
@@ -22,7 +22,7 @@ constexpr int MR = 4;  // query rows per register tile
 static_assert(kCpuPad % Vec<float, 32>::N == 0 && kCpuPad % Vec<double, 32>::N == 0, "padding must be whole vectors");
 
 // Register tiles: R rows x C vectors of accumulators. Per step of the inner dimension, C vector loads and
-// R broadcasts feed R*C FMAs (4 x 4: 16 FMAs for 8 loads).
+// R broadcasts feed R*C FMAs (4 x 5: 20 FMAs for 9 loads).
 //
 // S[i, n0:n0+C*N] = scale * q[i, :] . kt[:, n0:n0+C*N] for R rows (kt: keys transposed, [D, Kp]).
 template <typename T, int R, int C, int BYTES>
@@ -31,24 +31,24 @@ inline void scores_tile(const T* __restrict q, int D, const T* __restrict kt, in
     using V = typename Vec<T, BYTES>::type;
     constexpr int N = Vec<T, BYTES>::N;
     V acc[R][C];
-#pragma GCC unroll 4
+#pragma GCC unroll 5
     for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 5
         for (int c = 0; c < C; ++c) acc[i][c] = V{};
     for (int d = 0; d < D; ++d) {
         V kv[C];
-#pragma GCC unroll 4
+#pragma GCC unroll 5
         for (int c = 0; c < C; ++c) kv[c] = *reinterpret_cast<const V*>(kt + (int64_t)d * Kp + n0 + c * N);
-#pragma GCC unroll 4
+#pragma GCC unroll 5
         for (int i = 0; i < R; ++i) {
             const T qv = q[(int64_t)i * D + d];
-#pragma GCC unroll 4
+#pragma GCC unroll 5
             for (int c = 0; c < C; ++c) acc[i][c] += qv * kv[c];
         }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 5
     for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 5
         for (int c = 0; c < C; ++c) *reinterpret_cast<V*>(S + (int64_t)i * ldS + n0 + c * N) = acc[i][c] * scale;
 }
 
@@ -58,35 +58,37 @@ inline void pv_tile(const T* __restrict P, int ldP, int K, const T* __restrict v
     using V = typename Vec<T, BYTES>::type;
     constexpr int N = Vec<T, BYTES>::N;
     V acc[R][C];
-#pragma GCC unroll 4
+#pragma GCC unroll 5
     for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 5
         for (int c = 0; c < C; ++c) acc[i][c] = ACC ? *reinterpret_cast<const V*>(O + (int64_t)i * Dvp + d0 + c * N) : V{};
     for (int n = 0; n < K; ++n) {
         V vv[C];
-#pragma GCC unroll 4
+#pragma GCC unroll 5
         for (int c = 0; c < C; ++c) vv[c] = *reinterpret_cast<const V*>(vp + (int64_t)n * Dvp + d0 + c * N);
-#pragma GCC unroll 4
+#pragma GCC unroll 5
         for (int i = 0; i < R; ++i) {
             const T p = P[(int64_t)i * ldP + n];
-#pragma GCC unroll 4
+#pragma GCC unroll 5
             for (int c = 0; c < C; ++c) acc[i][c] += p * vv[c];
         }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 5
     for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 5
         for (int c = 0; c < C; ++c) *reinterpret_cast<V*>(O + (int64_t)i * Dvp + d0 + c * N) = acc[i][c];
 }
 
-// Walks a padded row width W in tiles of 4, then 3/2/1 full vectors, then one 32-byte vector.
-template <typename T, typename F4, typename F3, typename F2, typename F1, typename FH>
-inline void walk_columns(int W, F4 f4, F3 f3, F2 f2, F1 f1, FH fh) {
+// Walks a padded row width W in tiles of 5 vectors (20 accumulators of the 32 AVX-512 registers; 80 =
+// SD's 77 text tokens padded, and head dim 80), then 4/3/2/1 full vectors, then one 32-byte vector.
+template <typename T, typename F5, typename F4, typename F3, typename F2, typename F1, typename FH>
+inline void walk_columns(int W, F5 f5, F4 f4, F3 f3, F2 f2, F1 f1, FH fh) {
     constexpr int N = Vec<T>::N;
     int x = 0;
-    for (; x + 4 * N <= W; x += 4 * N) f4(x);
+    for (; x + 5 * N <= W; x += 5 * N) f5(x);
     const int rest = (W - x) / N;
-    if (rest == 3) f3(x);
+    if (rest == 4) f4(x);
+    else if (rest == 3) f3(x);
     else if (rest == 2) f2(x);
     else if (rest == 1) f1(x);
     x += rest * N;
@@ -117,7 +119,8 @@ template <typename T> void softmax_rows(T* S, int nrows, int K, int Kp) {
 template <typename T, int R>
 inline void scores_rows(const T* q, int D, const T* kt, int Kp, T scale, T* S) {
     walk_columns<T>(
-        Kp, [&](int x) { scores_tile<T, R, 4, 64>(q, D, kt, Kp, scale, S, Kp, x); },
+        Kp, [&](int x) { scores_tile<T, R, 5, 64>(q, D, kt, Kp, scale, S, Kp, x); },
+        [&](int x) { scores_tile<T, R, 4, 64>(q, D, kt, Kp, scale, S, Kp, x); },
         [&](int x) { scores_tile<T, R, 3, 64>(q, D, kt, Kp, scale, S, Kp, x); },
         [&](int x) { scores_tile<T, R, 2, 64>(q, D, kt, Kp, scale, S, Kp, x); },
         [&](int x) { scores_tile<T, R, 1, 64>(q, D, kt, Kp, scale, S, Kp, x); },
@@ -127,7 +130,8 @@ inline void scores_rows(const T* q, int D, const T* kt, int Kp, T scale, T* S) {
 template <typename T, int R, bool ACC>
 inline void pv_rows(const T* P, int Kp, int K, const T* vp, int Dvp, T* O) {
     walk_columns<T>(
-        Dvp, [&](int x) { pv_tile<T, R, 4, 64, ACC>(P, Kp, K, vp, Dvp, O, x); },
+        Dvp, [&](int x) { pv_tile<T, R, 5, 64, ACC>(P, Kp, K, vp, Dvp, O, x); },
+        [&](int x) { pv_tile<T, R, 4, 64, ACC>(P, Kp, K, vp, Dvp, O, x); },
         [&](int x) { pv_tile<T, R, 3, 64, ACC>(P, Kp, K, vp, Dvp, O, x); },
         [&](int x) { pv_tile<T, R, 2, 64, ACC>(P, Kp, K, vp, Dvp, O, x); },
         [&](int x) { pv_tile<T, R, 1, 64, ACC>(P, Kp, K, vp, Dvp, O, x); },
@@ -169,13 +173,15 @@ template <typename T> void attention_fwd_cpu(const AttnArgs<T>& a) {
     for (int b = 0; b < B; ++b)
         needs_own[b] = rt.src[b] < 0 || (rt.slot[b] >= 0 && has_edit && slot_needs_own(a.edit, rt.slot[b]));
 
-    // A cross edit that nobody stores moves to the values: P_t V = own (diag(c_t) V) + base (W_t V), so
-    // the per-query work stays two P.V products and the edit costs K x Dv per head, not Q x K.
+    // A cross edit that never reads the element's own map (c_t = 0: a word swap inside its window) and
+    // that nobody stores moves to the values: P_t V = base (W_t V), one P.V product with no per-query edit
+    // (W_t V costs K x Dv per head). Edits that read the own map are applied to the rows (cheaper than a
+    // second P.V product).
     std::vector<int> vedit(B, -1);
     int n_vedit = 0;
     for (int b = 0; b < B; ++b)
-        if (rt.slot[b] >= 0 && !(a.store && rt.store_idx[b] >= 0)) vedit[b] = n_vedit++;
-    std::vector<T> vw((size_t)n_vedit * H * K * Dvp), vc((size_t)n_vedit * H * K * Dvp);
+        if (rt.slot[b] >= 0 && !needs_own[b] && !(a.store && rt.store_idx[b] >= 0)) vedit[b] = n_vedit++;
+    std::vector<T> vw((size_t)n_vedit * H * K * Dvp);
     if (n_vedit) {
 #pragma omp parallel for schedule(dynamic, 1)
         for (int64_t it = 0; it < (int64_t)B * H; ++it) {
@@ -184,13 +190,9 @@ template <typename T> void attention_fwd_cpu(const AttnArgs<T>& a) {
             const int t = rt.slot[b];
             const T* vb = a.v + it * K * Dvp;
             T* w = vw.data() + ((size_t)vedit[b] * H + h) * K * Dvp;
-            T* c = vc.data() + ((size_t)vedit[b] * H + h) * K * Dvp;
             const int32_t* cp = a.edit.col_ptr + (int64_t)t * (K + 1);
             for (int n = 0; n < K; ++n) {  // column n of W_t spreads row n of V over the rows it reads
                 const T* vr = vb + (int64_t)n * Dvp;
-                const T cn = a.edit.c[(int64_t)t * K + n];
-#pragma omp simd
-                for (int d = 0; d < Dvp; ++d) c[(int64_t)n * Dvp + d] = cn * vr[d];
                 for (int32_t j = cp[n]; j < cp[n + 1]; ++j) {
                     T* wr = w + (int64_t)a.edit.rows[j] * Dvp;
                     const T wv = a.edit.vals[j];
@@ -228,7 +230,6 @@ template <typename T> void attention_fwd_cpu(const AttnArgs<T>& a) {
                         const size_t off = ((size_t)vedit[b] * H + h) * K * Dvp;
                         const T* base = srcrows.data() + (size_t)src_buf[rt.src[b]] * QB * Kp;
                         pv_block(base, nr, Kp, K, vw.data() + off, Dvp, ob.data());
-                        if (needs_own[b]) pv_block<T, true>(ownp, nr, Kp, K, vc.data() + off, Dvp, ob.data());
                         for (int r = 0; r < nr; ++r) std::memcpy(o + (int64_t)r * Dv, ob.data() + (int64_t)r * Dvp, sizeof(T) * Dv);
                         continue;
                     }
@@ -238,13 +239,9 @@ template <typename T> void attention_fwd_cpu(const AttnArgs<T>& a) {
                         if (t < 0) {
                             P = base;  // map injection
                         } else {
-                            const bool own_used = needs_own[b];
                             for (int r = 0; r < nr; ++r) {
-                                const T* br = base + (int64_t)r * Kp;
-                                const T* orow = ownp + (int64_t)r * Kp;
                                 T* er = edited.data() + (int64_t)r * Kp;
-                                for (int n = 0; n < K; ++n)
-                                    er[n] = edited_prob(a.edit, t, n, own_used ? orow[n] : T(0), [br](int w) { return br[w]; });
+                                edited_row(a.edit, t, needs_own[b] ? ownp + (int64_t)r * Kp : nullptr, base + (int64_t)r * Kp, er);
                                 for (int n = K; n < Kp; ++n) er[n] = T(0);
                             }
                             P = edited.data();

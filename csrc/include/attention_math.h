@@ -84,6 +84,24 @@ GK_ATTN_HD T edited_prob(const EditCols<T>& e, int slot, int n, T own, BaseFn ba
     return acc;
 }
 
+// A whole edited row (the same formula, row at a time: the own-map term vectorises, then the sparse
+// source term is added column by column). own may be null when the slot never reads it (c = 0).
+template <typename T>
+GK_ATTN_HD void edited_row(const EditCols<T>& e, int slot, const T* own, const T* base, T* out) {
+    const T* c = e.c + (int64_t)slot * e.K;
+    if (own) {
+        for (int n = 0; n < e.K; ++n) out[n] = own[n] * c[n];
+    } else {
+        for (int n = 0; n < e.K; ++n) out[n] = T(0);
+    }
+    const int32_t* cp = e.col_ptr + (int64_t)slot * (e.K + 1);
+    for (int n = 0; n < e.K; ++n) {
+        T acc = out[n];
+        for (int32_t j = cp[n]; j < cp[n + 1]; ++j) acc += base[e.rows[j]] * e.vals[j];
+        out[n] = acc;
+    }
+}
+
 // Whether slot t reads the element's own map at all (any c != 0); if not, its scores are never computed.
 template <typename T> GK_ATTN_HD bool slot_needs_own(const EditCols<T>& e, int slot) {
     for (int n = 0; n < e.K; ++n)
