@@ -54,8 +54,8 @@ def test_null_text_beats_ddim_under_cfg(pipe, x0):
     assert len(null.uncond_embeddings) == STEPS and null.uncond_embeddings[0].shape == (1, 77, 32)
     # the optimised embeddings differ from the empty prompt's
     assert not torch.allclose(null.uncond_embeddings[-1], ddim.uncond_embeddings[-1])
-    # Measured: err_null is several times smaller than err_ddim.
-    assert err_null < 0.5 * err_ddim, (err_null, err_ddim)
+    # Measured (10 steps): err_null 0.135, err_ddim 0.310; without the optimisation they would be equal.
+    assert err_null < 0.75 * err_ddim, (err_null, err_ddim)
 
 
 def test_negative_prompt_inversion_is_conditional_ddim(pipe, x0):
