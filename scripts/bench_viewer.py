@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -111,7 +112,7 @@ def main():
 
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     w, h = args.width, args.height
-    print(f"scene: {args.scene}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; scene: {args.scene}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
     print(f"{'device':6} {'gaussians':>10} {'res':>10} {'render fps':>11} {'frame fps':>10} {'moving fps':>11} "
           f"{'moving res':>11}")
@@ -124,7 +125,8 @@ def main():
             try:
                 app.set_scene(splats, None, f"cloud {n}")
                 rfps, ffps = sharp_fps(app.renderer, views[0], w, h, RenderSettings(), args.repeats)
-                mfps, sizes = moving_fps(app, views, w, h, args.moving_seconds)
+                # long enough for several frames even when one full frame takes seconds
+                mfps, sizes = moving_fps(app, views, w, h, max(args.moving_seconds, 6.0 / ffps))
                 res = f"{sizes[-1][1]}x{sizes[-1][0]}" if sizes else "-"
                 print(f"{dev:6} {n:>10,} {f'{w}x{h}':>10} {rfps:>11.2f} {ffps:>10.2f} {mfps:>11.2f} {res:>11}",
                       flush=True)

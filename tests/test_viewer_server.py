@@ -89,8 +89,12 @@ def test_depth_mode_switches_client_path_to_server():
             _send(client, a, _view([0, -0.8, -2.2]))
             a.wait_for_client(10)
             client.gui_update(a.gui_mode._impl.uuid, value="Depth")   # what the page sends
-            t_end = time.time() + 10
-            while a.render_path != "server" and time.time() < t_end:
+            def switched():
+                return (a.render_path == "server" and a.settings.mode == "Depth"
+                        and all(not h.visible for h in a._splat_handles))
+
+            t_end = time.time() + 20   # the callback runs on viser's thread pool
+            while not switched() and time.time() < t_end:
                 time.sleep(0.02)
             assert a.render_path == "server" and a.settings.mode == "Depth"
             assert all(not h.visible for h in a._splat_handles)

@@ -14,6 +14,7 @@ import math
 import sys
 import threading
 import time
+import warnings
 from collections import deque
 
 import numpy as np
@@ -106,6 +107,9 @@ class ClientStream:
         dt = time.perf_counter() - t0
         if sharp:
             self.sharp_pending = False
+            # a first guess for the next move from this frame (pixels ~ time); the control loop refines it
+            guess = scale * math.sqrt((1.0 / app.target_fps) / max(dt, 1e-4))
+            self.move_scale = float(np.clip(min(self.move_scale, guess), MIN_MOVING_SCALE, 1.0))
         else:
             # proportional control of the pixel count: time ~ pixels, so scale ~ sqrt(target / dt)
             target = 1.0 / app.target_fps
@@ -137,8 +141,10 @@ def send_frame(client, img: np.ndarray, depth: np.ndarray | None, quality: int):
         dbuf = io.BytesIO()
         Image.fromarray(packed).save(dbuf, format="PNG", compress_level=1)
         depth_png = dbuf.getvalue()
-    client.scene._websock_interface.queue_message(
-        _messages.BackgroundImageMessage(format="jpeg", rgb_data=buf.getvalue(), depth_data=depth_png))
+    with warnings.catch_warnings():   # a page that closed while we rendered: nothing to deliver, no noise
+        warnings.filterwarnings("ignore", message=".*closed connection.*")
+        client.scene._websock_interface.queue_message(
+            _messages.BackgroundImageMessage(format="jpeg", rgb_data=buf.getvalue(), depth_data=depth_png))
 
 
 def _rotmat(wxyz) -> np.ndarray:
