@@ -53,7 +53,9 @@ def test_distill_reads_class_folders_and_trains_a_student(real_folder, tmp_path)
     assert res["teacher_test_accuracy"] > 0.5
     assert res["kd_loss_last"] < res["kd_loss_first"]
     assert 0 <= res["student_test_accuracy"] <= 1
-    assert res["inception_score_teacher"] > 2       # measured PLACEHOLDER
+    # measured 5.7 (teacher on real images, 6.0 on the 300 metric images); noise or one class gives ~1-2
+    assert res["inception_score_teacher"] > 3.5
+    assert res["class_feature_distance"] < 5     # measured 1.07 (real vs real); synthetic sets: see BENCHMARKS
     assert (tmp_path / "student.pt").is_file()
 
 
