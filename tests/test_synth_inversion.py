@@ -51,11 +51,11 @@ def test_short_deepinversion_run_lowers_the_loss_and_hits_the_targets(teacher):
     cfg = di.DeepInversionConfig(iterations=40, bn_weight=1.0)
     images, log = di.invert_batch(teacher, TARGETS, cfg, seed=0)
     assert images.shape == (10, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
-    # measured (teacher after epoch 1 of 5): loss 227 -> 55, accuracy 0.6; a run whose images ignore
-    # the targets sits at chance, 0.1
-    assert log["loss_best"] < 0.5 * log["loss_first"]
+    # measured with the committed teacher, seeds 0-2: loss 133 -> 25-29, accuracy 1.0; images that
+    # ignore the targets sit at chance, 0.1
+    assert log["loss_best"] < 0.35 * log["loss_first"]
     acc = _accuracy_as_png(teacher, images, TARGETS)
-    assert acc >= 0.3, log
+    assert acc >= 0.5, log
     assert log["teacher_acc"] == pytest.approx(acc, abs=0.11)
 
 
@@ -63,9 +63,9 @@ def test_short_naturalinversion_run_lowers_the_loss_and_hits_the_targets(teacher
     cfg = ni.NaturalInversionConfig(iterations=60, bn_weight=1.0, gen_channels=32)
     images, log = ni.invert_batch(teacher, TARGETS, cfg, seed=0)
     assert images.shape == (10, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
-    # measured (teacher after epoch 1 of 5): loss 511 -> 58, accuracy 0.5; chance is 0.1
-    assert log["loss_best"] < 0.5 * log["loss_first"]
-    assert _accuracy_as_png(teacher, images, TARGETS) >= 0.3, log
+    # measured with the committed teacher, seeds 0-2: loss 331-404 -> 23-39, accuracy 0.9-1.0; chance 0.1
+    assert log["loss_best"] < 0.35 * log["loss_first"]
+    assert _accuracy_as_png(teacher, images, TARGETS) >= 0.5, log
 
 
 @pytest.mark.parametrize("method", ["deep", "natural"])
