@@ -82,7 +82,7 @@ def kd_train(student, teacher, x: torch.Tensor, epochs: int = 100, batch_size: i
     spe = max(1, len(x) // bs)
     epochs = max(epochs, math.ceil(min_steps / spe)) if min_steps else epochs
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * spe, pct_start=0.2,
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * spe, pct_start=min(0.5, max(0.2, 2.0 / (epochs * spe))),
                                                 div_factor=10, final_div_factor=100)
     bar = None
     if progress:

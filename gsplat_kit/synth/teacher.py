@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import load_cifar10, to_tensor
+from .data import load_cifar10, subset_per_class, to_tensor
 from .models import build_model, save_teacher
 
 
@@ -51,7 +51,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> 
 
 
 def train_classifier(arch="resnet20", epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, out=None,
-                     device="cpu", seed=0, threads=None, train_limit=None, log=print, command=None):
+                     device="cpu", seed=0, threads=None, train_limit=None, log=print, command=None,
+                     test_limit=None):
     """Train and save; returns a dict with test accuracy and timings. Resumes from `out`+'.ckpt' if present."""
     if threads:
         torch.set_num_threads(threads)
@@ -61,6 +62,8 @@ def train_classifier(arch="resnet20", epochs=30, batch_size=128, lr=0.1, weight_
     if train_limit:
         idx = np.random.default_rng(seed).permutation(len(xtr))[:train_limit]
         xtr, ytr = xtr[idx], ytr[idx]
+    if test_limit:  # a quick check only; the reported teacher accuracy uses the whole test set
+        xte, yte = subset_per_class(xte, yte, max(1, test_limit // len(classes)), seed=seed)
     xtr, ytr = to_tensor(xtr).to(device), torch.from_numpy(ytr).to(device)
     xte, yte = to_tensor(xte).to(device), torch.from_numpy(yte).to(device)
     model = build_model(arch, len(classes)).to(device)
@@ -68,8 +71,11 @@ def train_classifier(arch="resnet20", epochs=30, batch_size=128, lr=0.1, weight_
     model = model.to(memory_format=cl)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     steps_per_epoch = len(xtr) // batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.25, div_factor=10, final_div_factor=100)
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch size {batch_size} exceeds the {len(xtr)} training images")
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, div_factor=10,
+                                                final_div_factor=100, pct_start=min(0.5, max(0.25, 2.0 / total)))
     gen = torch.Generator().manual_seed(seed)
     start_epoch, history = 0, []
     ckpt = Path(str(out) + ".ckpt") if out else None
@@ -106,7 +112,7 @@ def train_classifier(arch="resnet20", epochs=30, batch_size=128, lr=0.1, weight_
             os.replace(tmp, ckpt)
     acc = evaluate(model, xte, yte)
     result = {"arch": arch, "dataset": "cifar10", "test_accuracy": acc, "epochs": epochs, "batch_size": batch_size,
-              "max_lr": lr, "weight_decay": weight_decay, "train_images": len(xtr), "seed": seed,
+              "max_lr": lr, "weight_decay": weight_decay, "train_images": len(xtr), "test_images": len(xte), "seed": seed,
               "params": sum(p.numel() for p in model.parameters()),
               "train_seconds_this_run": round(time.time() - t_start, 1), "history": history,
               "command": command or " ".join(sys.argv),
