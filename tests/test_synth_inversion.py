@@ -129,3 +129,32 @@ def test_config_is_a_plain_dataclass():
     # the runner writes it into settings.json
     json.dumps(dataclasses.asdict(ni.NaturalInversionConfig()))
     json.dumps(dataclasses.asdict(di.DeepInversionConfig()))
+
+
+def test_cli_distributed_two_gloo_ranks_make_the_whole_set(tmp_path):
+    """`synthesize --distributed` as torchrun would start it: two processes, RANK/WORLD_SIZE in the
+    environment; together they write every batch once, each batch by one rank."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "gsplat_kit.cli", "synthesize", "--teacher", str(teacher_path()), "--method",
+           "deep", "--num-images", "8", "--batch-size", "2", "--iterations", "2", "--out", str(out),
+           "--distributed", "--no-progress", "--threads", "1"]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    logs = {int(f.stem.split("_")[1]): json.loads(f.read_text()) for f in (out / "batches").glob("batch_*.json")}
+    assert sorted(logs) == [0, 1, 2, 3]
+    ranks = {b: (v.get("log", v)).get("rank") for b, v in logs.items()}
+    assert ranks == {0: 0, 1: 1, 2: 0, 3: 1}, ranks
+    assert len(list(out.rglob("*.png"))) == 8

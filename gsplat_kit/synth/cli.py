@@ -59,9 +59,16 @@ def _synthesize(args) -> int:
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
             if device == "cuda":
                 device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        res = synthesize(args.teacher, args.method, args.num_images, args.out, batch_size=args.batch_size,
-                         iterations=args.iterations, seed=args.seed, device=device, progress=not args.no_progress,
-                         **_parse_opts(args.opt))
+        try:
+            res = synthesize(args.teacher, args.method, args.num_images, args.out, batch_size=args.batch_size,
+                             iterations=args.iterations, seed=args.seed, device=device,
+                             progress=not args.no_progress, **_parse_opts(args.opt))
+        finally:
+            if args.distributed:
+                import torch.distributed as dist
+
+                if dist.is_initialized():
+                    dist.destroy_process_group()
     except (ValueError, FileNotFoundError) as e:
         return _fail(e)
     if "rank" not in res or res.get("rank") == 0:
