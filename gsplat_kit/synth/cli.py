@@ -56,7 +56,11 @@ def _synthesize(args) -> int:
         if args.distributed:   # torchrun sets RANK / WORLD_SIZE / MASTER_ADDR; each rank takes its batches
             import torch.distributed as dist
 
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            try:
+                dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            except ValueError as e:
+                raise ValueError(f"--distributed: {e} (launch with `torchrun --nproc-per-node N -m "
+                                 "gsplat_kit.cli synthesize ... --distributed`)") from e
             if device == "cuda":
                 device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         try:
