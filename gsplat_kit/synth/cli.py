@@ -115,6 +115,9 @@ def _train_teacher(args) -> int:
         if args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
         args.device = _device(args.device)
+        from pathlib import Path
+
+        Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
         from .teacher import run
     except (ValueError, FileNotFoundError) as e:
         return _fail(e)
