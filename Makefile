@@ -43,6 +43,7 @@ bench: build
 	$(PY) scripts/bench_sfm.py
 	$(PY) scripts/bench_train.py $(BENCH_TRAIN_ARGS)
 	$(PY) scripts/bench_attention.py
+	$(PY) scripts/bench_synth.py
 
 clean:
 	rm -rf build gsplat_kit/_C*.so $(BUILT)
