@@ -51,6 +51,13 @@ def camera_path(camtoworlds: np.ndarray, n_frames: int = 120, kind: str = "ellip
     centers, dirs = c2w[:, :3, 3], c2w[:, :3, 2]
     up = -c2w[:, :3, 1].mean(0)
     up = up / max(np.linalg.norm(up), 1e-12)
+    if len(c2w) > 2:
+        # cameras that circle an object lie near a plane whose normal is the true up; the mean camera up
+        # leans towards the object when the cameras look down at it (a tilted horizon)
+        _, sv, vt = np.linalg.svd(centers - centers.mean(0), full_matrices=False)
+        if sv[1] > 0 and sv[2] < 0.5 * sv[1]:
+            normal = vt[2] if vt[2] @ up >= 0 else -vt[2]
+            up = normal
     focus = _focus_point(centers, dirs) if len(c2w) > 1 else centers[0] + dirs[0]
     rel = centers - focus
     h = rel @ up
