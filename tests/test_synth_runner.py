@@ -148,3 +148,33 @@ def test_wrong_image_size_and_method(tmp_path, teacher):
         runner.synthesize(teacher, out=tmp_path, **dict(SMALL, method="dream"))
     with pytest.raises(ValueError, match="no_such_field"):
         runner.synthesize(teacher, out=tmp_path, no_such_field=1, **SMALL)
+
+
+def test_sigkilled_cli_run_resumes_to_the_same_set(tmp_path):
+    """A real kill (SIGKILL, no clean-up) of `gsplat-kit synthesize`, then the same command again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = str(teacher_path())
+    argv = [sys.executable, "-m", "gsplat_kit.cli", "synthesize", "--teacher", path, "--method", "deep",
+            "--num-images", "30", "--batch-size", "10", "--iterations", "25", "--seed", "3", "--threads", "1",
+            "--no-progress", "--out"]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(argv + [str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "batches" / "batch_00000.json"
+    deadline = time.time() + 120
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), "the run died before committing its first batch"
+    assert not (out / "losses.json").exists(), "killed too late to test anything"
+    assert subprocess.run(argv + [str(out)], capture_output=True).returncode == 0
+    assert subprocess.run(argv + [str(tmp_path / "whole")], capture_output=True).returncode == 0
+    a, b = _pngs(tmp_path / "whole"), _pngs(out)
+    assert sorted(a) == sorted(b) and len(a) == 30
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert not list(out.glob(".tmp_batch_*"))
