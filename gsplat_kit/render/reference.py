@@ -9,8 +9,8 @@ gradients must match it. It follows exactly the same rules as the kernels:
 - a Gaussian is culled (radii = 0) when its depth is outside [near, far], its dilated 2D covariance
   is degenerate, its 3-sigma box is within `radius_clip` pixels, or the box lies outside the image;
 - a Gaussian is blended into every pixel of the 16x16 tiles its 3-sigma box touches, front to back
-  by depth (as float32; ties by index), with alpha = min(0.99, o * exp(-sigma)); alpha < 1/255 is skipped, and a
-  pixel stops before the Gaussian that would bring its transmittance below 1e-4.
+  by depth (as float32; ties by index), with alpha = min(0.99, o * exp(-sigma)); alpha < 1/255 is
+  skipped, and a pixel stops before the Gaussian that would bring its transmittance below 1e-4.
 """
 from __future__ import annotations
 
