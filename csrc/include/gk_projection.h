@@ -184,6 +184,28 @@ template <typename T> GK_HD Projected<T> project_gaussian(Vec3<T> mean, const Ma
     return out;
 }
 
+// The world-space covariance of Gaussian n: given directly ([N,6] upper triangle) or from q and s.
+template <typename T> GK_HD Mat3<T> world_covariance(int64_t n, const T* covars, const T* quats, const T* scales) {
+    if (covars) return covar_from_upper(covars + n * 6);
+    Mat3<T> R;
+    T qn[4];
+    return quat_scale_to_covar(quats + n * 4, scales + n * 3, R, qn);
+}
+
+// Writes one projection result into the [C*N, ...] output arrays at row i.
+template <typename T> GK_HD void store_projected(const Projected<T>& p, int64_t i, int32_t* radii, T* means2d, T* depths,
+                                                 T* conics, T* comps) {
+    radii[i * 2] = p.radius[0];
+    radii[i * 2 + 1] = p.radius[1];
+    means2d[i * 2] = p.mean2d[0];
+    means2d[i * 2 + 1] = p.mean2d[1];
+    depths[i] = p.depth;
+    conics[i * 3] = p.conic[0];
+    conics[i * 3 + 1] = p.conic[1];
+    conics[i * 3 + 2] = p.conic[2];
+    comps[i] = p.compensation;
+}
+
 // ---- one Gaussian, one camera: vector-Jacobian product ---------------------------------------------
 // Given the upstream gradients of mean2d, depth, conic and compensation, returns the gradients of the
 // camera-space covariance's world-space source: v_mean (world) and v_cov (world, full 3x3).

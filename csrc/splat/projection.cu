@@ -6,36 +6,20 @@
 namespace gk {
 
 template <typename T>
-__device__ Mat3<T> world_covar_d(int64_t n, const T* covars, const T* quats, const T* scales) {
-    if (covars) return covar_from_upper(covars + n * 6);
-    Mat3<T> R;
-    T qn[4];
-    return quat_scale_to_covar(quats + n * 4, scales + n * 3, R, qn);
-}
-
-template <typename T>
 __global__ void projection_fwd_kernel(ProjectionArgs a, const T* means, const T* covars, const T* quats, const T* scales,
                                       const T* viewmats, const T* Ks, int32_t* radii, T* means2d, T* depths, T* conics,
                                       T* comps) {
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= int64_t(a.C) * a.N) return;
     const int64_t c = i / a.N, n = i % a.N;
-    Mat3<T> cov = world_covar_d(n, covars, quats, scales);
+    Mat3<T> cov = world_covariance(n, covars, quats, scales);
     Vec3<T> mean = {means[n * 3], means[n * 3 + 1], means[n * 3 + 2]};
     Mat3<T> R;
     Vec3<T> t;
     load_viewmat(viewmats + c * 16, R, t);
     Camera<T> cam = load_camera(Ks + c * 9, a.width, a.height);
     Projected<T> p = project_gaussian(mean, cov, R, t, cam, T(a.eps2d), T(a.near_plane), T(a.far_plane), T(a.radius_clip));
-    radii[i * 2] = p.radius[0];
-    radii[i * 2 + 1] = p.radius[1];
-    means2d[i * 2] = p.mean2d[0];
-    means2d[i * 2 + 1] = p.mean2d[1];
-    depths[i] = p.depth;
-    conics[i * 3] = p.conic[0];
-    conics[i * 3 + 1] = p.conic[1];
-    conics[i * 3 + 2] = p.conic[2];
-    comps[i] = p.compensation;
+    store_projected(p, i, radii, means2d, depths, conics, comps);
 }
 
 template <typename T>
@@ -47,7 +31,7 @@ __global__ void projection_bwd_kernel(ProjectionArgs a, const T* means, const T*
     if (i >= int64_t(a.C) * a.N) return;
     if (radii[i * 2] <= 0 && radii[i * 2 + 1] <= 0) return;
     const int64_t c = i / a.N, n = i % a.N;
-    Mat3<T> cov = world_covar_d(n, covars, quats, scales);
+    Mat3<T> cov = world_covariance(n, covars, quats, scales);
     Vec3<T> mean = {means[n * 3], means[n * 3 + 1], means[n * 3 + 2]};
     Mat3<T> R;
     Vec3<T> t;

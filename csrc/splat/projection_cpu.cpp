@@ -6,19 +6,11 @@
 namespace gk {
 
 template <typename T>
-static Mat3<T> world_covar(int64_t n, const T* covars, const T* quats, const T* scales) {
-    if (covars) return covar_from_upper(covars + n * 6);
-    Mat3<T> R;
-    T qn[4];
-    return quat_scale_to_covar(quats + n * 4, scales + n * 3, R, qn);
-}
-
-template <typename T>
 void projection_fwd_cpu(const ProjectionArgs& a, const T* means, const T* covars, const T* quats, const T* scales,
                         const T* viewmats, const T* Ks, int32_t* radii, T* means2d, T* depths, T* conics, T* comps) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < a.N; ++n) {
-        Mat3<T> cov = world_covar(n, covars, quats, scales);
+        Mat3<T> cov = world_covariance(n, covars, quats, scales);
         Vec3<T> mean = {means[n * 3], means[n * 3 + 1], means[n * 3 + 2]};
         for (int c = 0; c < a.C; ++c) {
             Mat3<T> R;
@@ -26,16 +18,7 @@ void projection_fwd_cpu(const ProjectionArgs& a, const T* means, const T* covars
             load_viewmat(viewmats + c * 16, R, t);
             Camera<T> cam = load_camera(Ks + c * 9, a.width, a.height);
             Projected<T> p = project_gaussian(mean, cov, R, t, cam, T(a.eps2d), T(a.near_plane), T(a.far_plane), T(a.radius_clip));
-            int64_t i = int64_t(c) * a.N + n;
-            radii[i * 2] = p.radius[0];
-            radii[i * 2 + 1] = p.radius[1];
-            means2d[i * 2] = p.mean2d[0];
-            means2d[i * 2 + 1] = p.mean2d[1];
-            depths[i] = p.depth;
-            conics[i * 3] = p.conic[0];
-            conics[i * 3 + 1] = p.conic[1];
-            conics[i * 3 + 2] = p.conic[2];
-            comps[i] = p.compensation;
+            store_projected(p, int64_t(c) * a.N + n, radii, means2d, depths, conics, comps);
         }
     }
 }
@@ -46,7 +29,7 @@ void projection_bwd_cpu(const ProjectionArgs& a, const T* means, const T* covars
                         const T* v_conics, const T* v_comps, T* v_means, T* v_covars, T* v_quats, T* v_scales) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < a.N; ++n) {
-        Mat3<T> cov = world_covar(n, covars, quats, scales);
+        Mat3<T> cov = world_covariance(n, covars, quats, scales);
         Vec3<T> mean = {means[n * 3], means[n * 3 + 1], means[n * 3 + 2]};
         Vec3<T> vm = {0, 0, 0};
         Mat3<T> vcov = {};
