@@ -14,6 +14,43 @@ template <typename T> struct SplatShared {
     T conic[3];
 };
 
+template <typename T>
+__device__ __forceinline__ SplatShared<T> load_splat(int32_t gid, const T* means2d, const T* conics, const T* opacities) {
+    SplatShared<T> s;
+    s.id = gid;
+    s.mx = means2d[int64_t(gid) * 2];
+    s.my = means2d[int64_t(gid) * 2 + 1];
+    s.opacity = opacities[gid];
+    s.conic[0] = conics[int64_t(gid) * 3];
+    s.conic[1] = conics[int64_t(gid) * 3 + 1];
+    s.conic[2] = conics[int64_t(gid) * 3 + 2];
+    return s;
+}
+
+// This thread's pixel (block = tile, blockIdx.z = camera) and its tile's run of intersections.
+template <typename T> struct TilePixel {
+    int cam, x, y;
+    bool inside;
+    T px, py;
+    int64_t start, end;
+};
+
+template <typename T>
+__device__ __forceinline__ TilePixel<T> tile_pixel(const TileGrid& g, const int32_t* isect_offsets, int64_t n_isects) {
+    TilePixel<T> p;
+    p.cam = blockIdx.z;
+    p.x = blockIdx.x * g.tile_size + threadIdx.x % g.tile_size;
+    p.y = blockIdx.y * g.tile_size + threadIdx.x / g.tile_size;
+    p.inside = p.x < g.width && p.y < g.height;
+    p.px = T(p.x) + T(0.5);
+    p.py = T(p.y) + T(0.5);
+    const int64_t n_tiles = int64_t(g.C) * g.tiles_w * g.tiles_h;
+    const int64_t t = int64_t(p.cam) * g.tiles_w * g.tiles_h + blockIdx.y * g.tiles_w + blockIdx.x;
+    p.start = isect_offsets[t];
+    p.end = t + 1 < n_tiles ? isect_offsets[t + 1] : n_isects;
+    return p;
+}
+
 template <typename T, int CMAX>
 __global__ void rasterize_fwd_kernel(TileGrid g, int D, const T* means2d, const T* conics, const T* colors,
                                      const T* opacities, const T* backgrounds, const int32_t* isect_offsets,
@@ -21,15 +58,11 @@ __global__ void rasterize_fwd_kernel(TileGrid g, int D, const T* means2d, const 
                                      int32_t* last_ids) {
     extern __shared__ unsigned char smem_raw[];
     SplatShared<T>* batch = reinterpret_cast<SplatShared<T>*>(smem_raw);
-    const int cam = blockIdx.z;
-    const int tile = blockIdx.y * g.tiles_w + blockIdx.x;
-    const int tx = threadIdx.x % g.tile_size, ty = threadIdx.x / g.tile_size;
-    const int x = blockIdx.x * g.tile_size + tx, y = blockIdx.y * g.tile_size + ty;
-    const bool inside = x < g.width && y < g.height;
-    const T px = T(x) + T(0.5), py = T(y) + T(0.5);
-    const int64_t t_global = int64_t(cam) * g.tiles_w * g.tiles_h + tile;
-    const int64_t start = isect_offsets[t_global];
-    const int64_t end = (t_global + 1 < int64_t(g.C) * g.tiles_w * g.tiles_h) ? isect_offsets[t_global + 1] : n_isects;
+    const TilePixel<T> tp = tile_pixel<T>(g, isect_offsets, n_isects);
+    const int cam = tp.cam, x = tp.x, y = tp.y;
+    const bool inside = tp.inside;
+    const T px = tp.px, py = tp.py;
+    const int64_t start = tp.start, end = tp.end;
     const int block = blockDim.x;
 
     T trans = T(1);
@@ -40,18 +73,7 @@ __global__ void rasterize_fwd_kernel(TileGrid g, int D, const T* means2d, const 
     for (int64_t b0 = start; b0 < end; b0 += block) {
         if (__syncthreads_count(done) == block) break;
         const int64_t k = b0 + threadIdx.x;
-        if (k < end) {
-            const int32_t gid = flatten_ids[k];
-            SplatShared<T> s;
-            s.id = gid;
-            s.mx = means2d[int64_t(gid) * 2];
-            s.my = means2d[int64_t(gid) * 2 + 1];
-            s.opacity = opacities[gid];
-            s.conic[0] = conics[int64_t(gid) * 3];
-            s.conic[1] = conics[int64_t(gid) * 3 + 1];
-            s.conic[2] = conics[int64_t(gid) * 3 + 2];
-            batch[threadIdx.x] = s;
-        }
+        if (k < end) batch[threadIdx.x] = load_splat(flatten_ids[k], means2d, conics, opacities);
         __syncthreads();
         const int count = int(min(int64_t(block), end - b0));
         for (int j = 0; j < count && !done; ++j) {
@@ -87,15 +109,11 @@ __global__ void rasterize_bwd_kernel(TileGrid g, int D, const T* means2d, const 
                                      T* v_means2d, T* v_means2d_abs, T* v_conics, T* v_colors, T* v_opacities) {
     extern __shared__ unsigned char smem_raw[];
     SplatShared<T>* batch = reinterpret_cast<SplatShared<T>*>(smem_raw);
-    const int cam = blockIdx.z;
-    const int tile = blockIdx.y * g.tiles_w + blockIdx.x;
-    const int tx = threadIdx.x % g.tile_size, ty = threadIdx.x / g.tile_size;
-    const int x = blockIdx.x * g.tile_size + tx, y = blockIdx.y * g.tile_size + ty;
-    const bool inside = x < g.width && y < g.height;
-    const T px = T(x) + T(0.5), py = T(y) + T(0.5);
-    const int64_t t_global = int64_t(cam) * g.tiles_w * g.tiles_h + tile;
-    const int64_t start = isect_offsets[t_global];
-    const int64_t end = (t_global + 1 < int64_t(g.C) * g.tiles_w * g.tiles_h) ? isect_offsets[t_global + 1] : n_isects;
+    const TilePixel<T> tp = tile_pixel<T>(g, isect_offsets, n_isects);
+    const int cam = tp.cam, x = tp.x, y = tp.y;
+    const bool inside = tp.inside;
+    const T px = tp.px, py = tp.py;
+    const int64_t start = tp.start, end = tp.end;
     const int block = blockDim.x;
     const int64_t pix = (int64_t(cam) * g.height + (inside ? y : 0)) * g.width + (inside ? x : 0);
 
@@ -124,17 +142,7 @@ __global__ void rasterize_bwd_kernel(TileGrid g, int D, const T* means2d, const 
         const int count = int(b1 - b0);
         __syncthreads();
         if (threadIdx.x < count) {  // batch[j] holds intersection b1 - 1 - j (back to front)
-            const int64_t k = b1 - 1 - threadIdx.x;
-            const int32_t gid = flatten_ids[k];
-            SplatShared<T> s;
-            s.id = gid;
-            s.mx = means2d[int64_t(gid) * 2];
-            s.my = means2d[int64_t(gid) * 2 + 1];
-            s.opacity = opacities[gid];
-            s.conic[0] = conics[int64_t(gid) * 3];
-            s.conic[1] = conics[int64_t(gid) * 3 + 1];
-            s.conic[2] = conics[int64_t(gid) * 3 + 2];
-            batch[threadIdx.x] = s;
+            batch[threadIdx.x] = load_splat(flatten_ids[b1 - 1 - threadIdx.x], means2d, conics, opacities);
         }
         __syncthreads();
         for (int j = 0; j < count; ++j) {
