@@ -85,6 +85,24 @@ def test_fused_matches_reference(pipe, inverted, monkeypatch):
     assert (fused.latents - ref.latents).abs().max() < 1e-4
 
 
+def test_finer_inversion_feeds_the_source_branch(pipe):
+    """An inversion with twice the steps (pnp-diffusers inverts with 1000): the source branch of sampling
+    step i is the inversion latent at that step's timestep, every other one of the finer trajectory."""
+    x0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    fine = inv.invert(pipe, x0, "", method="ddim", num_inference_steps=2 * STEPS, progress=False)
+    seen = []
+    h = pipe.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0][:1].clone()))
+    try:
+        PlugAndPlayPipeline.from_pipe(pipe)(None, "a tiger", inversion=fine, num_inference_steps=STEPS,
+                                            output_type="latent", progress=False)
+    finally:
+        h.remove()
+    assert len(seen) == STEPS
+    for i, src in enumerate(seen):  # fine.trajectory[k]: k fine steps from x_0; sampling step i sits 2 (STEPS - i) - 1 up
+        assert torch.equal(src, fine.trajectory[2 * (STEPS - i) - 1]), i
+    assert not torch.equal(seen[0], fine.trajectory[-1])  # x_T itself lies beyond the first sampling timestep
+
+
 def test_images_and_errors(pipe, inverted):
     pp = PlugAndPlayPipeline.from_pipe(pipe)
     out = pp(None, "a tiger", inversion=inverted, num_inference_steps=STEPS, output_type="np", progress=False)

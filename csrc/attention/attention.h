@@ -1,9 +1,8 @@
 // Launchers of the fused attention-map control kernel, on raw pointers (no torch here, so the kernels
 // compile fast). attention_ops.cpp checks the tensors and dispatches; the math is in attention_math.h.
 // Layouts (row-major, contiguous), with B elements of H heads each (index b*H + h, diffusers' order):
-//   q [B*H, Q, D], out [B*H, Q, Dv], store [S, Q, K] (the sum over heads is added to it).
-//   CPU:  kt [B*H, D, Kp] (keys transposed, zero-padded to Kp), vp [B*H, K, Dvp] (values zero-padded).
-//   CUDA: k [B*H, K, D], v [B*H, K, Dv].
+//   q [B*H, Q, D], k [B*H, K, D], v [B*H, K, Dv], out [B*H, Q, Dv], store [S, Q, K] (the sum over heads
+//   is added to it).
 #pragma once
 
 #include <cstdint>
@@ -14,11 +13,10 @@ namespace gk::attn {
 
 template <typename T> struct AttnArgs {
     int B, H, Q, K, D, Dv;
-    int Kp, Dvp;  // padded sizes of kt / vp (CPU only)
     T scale;
     const T* q;
-    const T* k;  // CPU: kt; CUDA: k
-    const T* v;  // CPU: vp; CUDA: v
+    const T* k;
+    const T* v;
     Routing route;
     EditCols<T> edit;  // col_ptr == nullptr when no element has a slot
     T* store;          // nullptr: nothing stored
@@ -28,10 +26,11 @@ template <typename T> struct AttnArgs {
 // Largest value head dim of the CUDA kernel (a per-thread accumulator; SD head dims are 40..160).
 constexpr int kCudaMaxDv = 256;
 
-// Padding granularity of the CPU layouts (one SIMD register tile wide).
-constexpr int kCpuPad = 8;
-
 template <typename T> void attention_fwd_cpu(const AttnArgs<T>& a);
+// Whether torch's BLAS (sgemm_/dgemm_) is linked for the CPU products, and a switch to the plain loops
+// (on by default where available; tests turn it off to check the loops too).
+bool cpu_blas_available();
+void set_cpu_blas(bool on);
 template <typename T> void attention_fwd_cuda(const AttnArgs<T>& a, void* stream);
 
 }  // namespace gk::attn

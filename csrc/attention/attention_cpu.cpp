@@ -1,163 +1,198 @@
 // CPU schedule of the fused attention-map control kernel (math: attention_math.h). OpenMP over query
-// blocks; inside a block, every head and batch element, sources first, so that the elements that take
-// a source's map find its rows at hand. Only blocks of rows ever exist ([QB, Kp] per source plus two
-// scratch blocks per thread), never a [Q, K] map; scores are skipped for elements that never read their
-// own map (map injection, full word swap). Scores and P.V run on register tiles (4 rows x up to 5 64-byte
-// vectors, GCC vector extensions: AVX-512, AVX2 or SSE, whatever the build targets).
+// blocks (and heads); inside, every batch element, sources first, so that the elements that take
+// a source's map find its rows at hand. Only blocks of rows ever exist ([QB, K] per source plus two
+// scratch blocks per thread, sized to stay in L2), never a [Q, K] map; scores are skipped for elements
+// that never read their own map (map injection, full word swap). The two products (Q K^T and P V) are
+// GEMMs on those cache-resident blocks, done by the BLAS that torch links (MKL on x86: near the FMA
+// peak at these sizes); the softmax and the edit run between them while the block is in cache.
 #include <algorithm>
-#include <cstring>
+#include <limits>
 #include <vector>
+
+#include <omp.h>
 
 #include "attention.h"
 
+// Fortran BLAS, as exported by libtorch_cpu (torch's own CPUBlas.cpp declares them the same way). Weak:
+// a torch built without a BLAS leaves them null and the plain loops below take over.
+extern "C" {
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha, const float* a,
+            const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc) __attribute__((weak));
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha, const double* a,
+            const int* lda, const double* b, const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+}
+
 namespace gk::attn {
+
+bool cpu_blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
 namespace {
 
-template <typename T, int BYTES = 64> struct Vec {
-    static constexpr int N = BYTES / sizeof(T);
-    typedef T type __attribute__((vector_size(BYTES), aligned(sizeof(T))));  // unaligned loads/stores allowed
-};
-constexpr int MR = 4;  // query rows per register tile
-// Rows are padded to kCpuPad: whole 64-byte vectors, then at most one 32-byte vector (float).
-static_assert(kCpuPad % Vec<float, 32>::N == 0 && kCpuPad % Vec<double, 32>::N == 0, "padding must be whole vectors");
+bool g_use_blas = cpu_blas_available();  // tests turn it off to check the plain loops as well
 
-// Register tiles: R rows x C vectors of accumulators. Per step of the inner dimension, C vector loads and
-// R broadcasts feed R*C FMAs (4 x 5: 20 FMAs for 9 loads).
-//
-// S[i, n0:n0+C*N] = scale * q[i, :] . kt[:, n0:n0+C*N] for R rows (kt: keys transposed, [D, Kp]).
-template <typename T, int R, int C, int BYTES>
-inline void scores_tile(const T* __restrict q, int D, const T* __restrict kt, int Kp, T scale, T* __restrict S, int ldS,
-                        int n0) {
-    using V = typename Vec<T, BYTES>::type;
-    constexpr int N = Vec<T, BYTES>::N;
-    V acc[R][C];
-#pragma GCC unroll 5
-    for (int i = 0; i < R; ++i)
-#pragma GCC unroll 5
-        for (int c = 0; c < C; ++c) acc[i][c] = V{};
-    for (int d = 0; d < D; ++d) {
-        V kv[C];
-#pragma GCC unroll 5
-        for (int c = 0; c < C; ++c) kv[c] = *reinterpret_cast<const V*>(kt + (int64_t)d * Kp + n0 + c * N);
-#pragma GCC unroll 5
-        for (int i = 0; i < R; ++i) {
-            const T qv = q[(int64_t)i * D + d];
-#pragma GCC unroll 5
-            for (int c = 0; c < C; ++c) acc[i][c] += qv * kv[c];
-        }
+// Column-major BLAS call (row-major callers swap the operands; see the two products below).
+inline void blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb,
+                      float* c, int ldc) {
+    const float beta = 0.f;
+    sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+inline void blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda, const double* b,
+                      int ldb, double* c, int ldc) {
+    const double beta = 0.;
+    dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+// S[nr, K] (row stride ldS) = scale * q[nr, D] k[K, D]^T, all row-major.
+template <typename T> void scores_block(const T* q, int nr, int D, const T* k, int K, T scale, T* S, int ldS) {
+    if (g_use_blas) {  // column-major: S^T [K, nr] = scale * k [D, K]^T q [D, nr]
+        blas_gemm('T', 'N', K, nr, D, scale, k, D, q, D, S, ldS);
+        return;
     }
-#pragma GCC unroll 5
-    for (int i = 0; i < R; ++i)
-#pragma GCC unroll 5
-        for (int c = 0; c < C; ++c) *reinterpret_cast<V*>(S + (int64_t)i * ldS + n0 + c * N) = acc[i][c] * scale;
-}
-
-// O[i, d0:d0+C*N] (+)= P[i, 0:K] vp[0:K, d0:d0+C*N] for R rows.
-template <typename T, int R, int C, int BYTES, bool ACC>
-inline void pv_tile(const T* __restrict P, int ldP, int K, const T* __restrict vp, int Dvp, T* __restrict O, int d0) {
-    using V = typename Vec<T, BYTES>::type;
-    constexpr int N = Vec<T, BYTES>::N;
-    V acc[R][C];
-#pragma GCC unroll 5
-    for (int i = 0; i < R; ++i)
-#pragma GCC unroll 5
-        for (int c = 0; c < C; ++c) acc[i][c] = ACC ? *reinterpret_cast<const V*>(O + (int64_t)i * Dvp + d0 + c * N) : V{};
-    for (int n = 0; n < K; ++n) {
-        V vv[C];
-#pragma GCC unroll 5
-        for (int c = 0; c < C; ++c) vv[c] = *reinterpret_cast<const V*>(vp + (int64_t)n * Dvp + d0 + c * N);
-#pragma GCC unroll 5
-        for (int i = 0; i < R; ++i) {
-            const T p = P[(int64_t)i * ldP + n];
-#pragma GCC unroll 5
-            for (int c = 0; c < C; ++c) acc[i][c] += p * vv[c];
-        }
-    }
-#pragma GCC unroll 5
-    for (int i = 0; i < R; ++i)
-#pragma GCC unroll 5
-        for (int c = 0; c < C; ++c) *reinterpret_cast<V*>(O + (int64_t)i * Dvp + d0 + c * N) = acc[i][c];
-}
-
-// Walks a padded row width W in tiles of 5 vectors (20 accumulators of the 32 AVX-512 registers; 80 =
-// SD's 77 text tokens padded, and head dim 80), then 4/3/2/1 full vectors, then one 32-byte vector.
-template <typename T, typename F5, typename F4, typename F3, typename F2, typename F1, typename FH>
-inline void walk_columns(int W, F5 f5, F4 f4, F3 f3, F2 f2, F1 f1, FH fh) {
-    constexpr int N = Vec<T>::N;
-    int x = 0;
-    for (; x + 5 * N <= W; x += 5 * N) f5(x);
-    const int rest = (W - x) / N;
-    if (rest == 4) f4(x);
-    else if (rest == 3) f3(x);
-    else if (rest == 2) f2(x);
-    else if (rest == 1) f1(x);
-    x += rest * N;
-    if (x < W) fh(x);  // W is a multiple of kCpuPad: at most one 32-byte vector is left
-}
-
-// Row-wise softmax over the first K of Kp entries, in place; the padding becomes 0.
-template <typename T> void softmax_rows(T* S, int nrows, int K, int Kp) {
-    for (int r = 0; r < nrows; ++r) {
-        T* __restrict s = S + (int64_t)r * Kp;
-        T m = s[0];
-#pragma omp simd reduction(max : m)
-        for (int n = 0; n < K; ++n) m = s[n] > m ? s[n] : m;
-        T sum = 0;
-#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < nr; ++i)
         for (int n = 0; n < K; ++n) {
-            const T e = softmax_num(s[n], m);
-            s[n] = e;
-            sum += e;
+            T s = 0;
+#pragma omp simd reduction(+ : s)
+            for (int d = 0; d < D; ++d) s += q[(int64_t)i * D + d] * k[(int64_t)n * D + d];
+            S[(int64_t)i * ldS + n] = scale * s;
         }
-        const T inv = T(1) / sum;
+}
+
+// O[nr, Dv] (row stride Dv) = P[nr, K] (row stride ldP) v[K, Dv].
+template <typename T> void pv_block(const T* P, int nr, int ldP, int K, const T* v, int Dv, T* O) {
+    if (g_use_blas) {  // column-major: O^T [Dv, nr] = v [Dv, K] P^T [K, nr]
+        blas_gemm('N', 'N', Dv, nr, K, T(1), v, Dv, P, ldP, O, Dv);
+        return;
+    }
+    for (int i = 0; i < nr; ++i) {
+        T* o = O + (int64_t)i * Dv;
+        std::fill(o, o + Dv, T(0));
+        for (int n = 0; n < K; ++n) {
+            const T p = P[(int64_t)i * ldP + n];
+            const T* vr = v + (int64_t)n * Dv;
 #pragma omp simd
-        for (int n = 0; n < K; ++n) s[n] *= inv;
-        for (int n = K; n < Kp; ++n) s[n] = T(0);
+            for (int d = 0; d < Dv; ++d) o[d] += p * vr[d];
+        }
     }
 }
 
-template <typename T, int R>
-inline void scores_rows(const T* q, int D, const T* kt, int Kp, T scale, T* S) {
-    walk_columns<T>(
-        Kp, [&](int x) { scores_tile<T, R, 5, 64>(q, D, kt, Kp, scale, S, Kp, x); },
-        [&](int x) { scores_tile<T, R, 4, 64>(q, D, kt, Kp, scale, S, Kp, x); },
-        [&](int x) { scores_tile<T, R, 3, 64>(q, D, kt, Kp, scale, S, Kp, x); },
-        [&](int x) { scores_tile<T, R, 2, 64>(q, D, kt, Kp, scale, S, Kp, x); },
-        [&](int x) { scores_tile<T, R, 1, 64>(q, D, kt, Kp, scale, S, Kp, x); },
-        [&](int x) { scores_tile<T, R, 1, 32>(q, D, kt, Kp, scale, S, Kp, x); });
+// The float softmax runs on the widest vectors the build targets (GCC vector extensions).
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+typedef float VF __attribute__((vector_size(kVecBytes), aligned(4)));  // unaligned loads and stores allowed
+typedef int32_t VI __attribute__((vector_size(kVecBytes), aligned(4)));
+constexpr int kVF = kVecBytes / sizeof(float);
+
+// e^x for x <= 0 (a score minus its row maximum): Cephes' expf, range reduction to |r| <= ln2/2 and a
+// degree-5 polynomial (~1e-7 relative). Below -75 it gives exactly 0: the probabilities are then
+// < 3e-33 anyway, and a denormal product (probability / row sum) costs a microcode assist per lane.
+inline VF exp_nonpositive(VF x) {
+    const VI tiny = x < -75.f;
+    const VF n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round(x / ln2): 1.5 * 2^23 trick
+    const VF r = x - n * 0.693359375f + n * 2.12194440e-4f;           // ln2 in two parts
+    VF p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.f;
+    const VI two_n = (__builtin_convertvector(n, VI) + 127) << 23;  // 2^n as float bits
+    return tiny ? VF{} : p * (VF)two_n;
 }
 
-template <typename T, int R, bool ACC>
-inline void pv_rows(const T* P, int Kp, int K, const T* vp, int Dvp, T* O) {
-    walk_columns<T>(
-        Dvp, [&](int x) { pv_tile<T, R, 5, 64, ACC>(P, Kp, K, vp, Dvp, O, x); },
-        [&](int x) { pv_tile<T, R, 4, 64, ACC>(P, Kp, K, vp, Dvp, O, x); },
-        [&](int x) { pv_tile<T, R, 3, 64, ACC>(P, Kp, K, vp, Dvp, O, x); },
-        [&](int x) { pv_tile<T, R, 2, 64, ACC>(P, Kp, K, vp, Dvp, O, x); },
-        [&](int x) { pv_tile<T, R, 1, 64, ACC>(P, Kp, K, vp, Dvp, O, x); },
-        [&](int x) { pv_tile<T, R, 1, 32, ACC>(P, Kp, K, vp, Dvp, O, x); });
+// Row-wise softmax over the first K entries of rows of stride ld (>= K rounded up to kVF), in place.
+// The last vector's lanes past K enter as -inf (exp 0), so that every pass runs on whole vectors.
+void softmax_rows(float* S, int nrows, int K, int ld) {
+    const int nv = (K + kVF - 1) / kVF;
+    VI lane;
+    for (int l = 0; l < kVF; ++l) lane[l] = l;
+    const VI in_row = lane < (K - (nv - 1) * kVF);
+    const VF minus_inf = VF{} - std::numeric_limits<float>::infinity();
+    for (int r = 0; r < nrows; ++r) {
+        VF* s = reinterpret_cast<VF*>(S + (int64_t)r * ld);
+        s[nv - 1] = in_row ? s[nv - 1] : minus_inf;
+        VF mv = s[0];
+        for (int c = 1; c < nv; ++c) mv = s[c] > mv ? s[c] : mv;
+        float m = mv[0];
+        for (int l = 1; l < kVF; ++l) m = mv[l] > m ? mv[l] : m;
+        VF sv{};
+        for (int c = 0; c < nv; ++c) {
+            s[c] = exp_nonpositive(s[c] - m);
+            sv += s[c];
+        }
+        float sum = 0;
+        for (int l = 0; l < kVF; ++l) sum += sv[l];
+        const float inv = 1.f / sum;
+        for (int c = 0; c < nv; ++c) s[c] *= inv;
+    }
 }
 
-template <typename T>
-void scores_block(const T* q, int nrows, int D, const T* kt, int Kp, T scale, T* S) {
-    int r = 0;
-    for (; r + MR <= nrows; r += MR) scores_rows<T, MR>(q + (int64_t)r * D, D, kt, Kp, scale, S + (int64_t)r * Kp);
-    for (; r < nrows; ++r) scores_rows<T, 1>(q + (int64_t)r * D, D, kt, Kp, scale, S + (int64_t)r * Kp);
+// float64 (tests and references): plain loops.
+void softmax_rows(double* S, int nrows, int K, int ld) {
+    for (int r = 0; r < nrows; ++r) {
+        double* s = S + (int64_t)r * ld;
+        const double m = *std::max_element(s, s + K);
+        double sum = 0;
+        for (int n = 0; n < K; ++n) sum += (s[n] = softmax_num(s[n], m));
+        for (int n = 0; n < K; ++n) s[n] /= sum;
+    }
 }
 
-template <typename T, bool ACC = false>
-void pv_block(const T* P, int nrows, int Kp, int K, const T* vp, int Dvp, T* O) {
-    int r = 0;
-    for (; r + MR <= nrows; r += MR) pv_rows<T, MR, ACC>(P + (int64_t)r * Kp, Kp, K, vp, Dvp, O + (int64_t)r * Dvp);
-    for (; r < nrows; ++r) pv_rows<T, 1, ACC>(P + (int64_t)r * Kp, Kp, K, vp, Dvp, O + (int64_t)r * Dvp);
+// The cross edit of one slot with its sparse W_t as E layers of one (row, weight) per column (ELLPACK;
+// columns with fewer entries padded with weight 0): a row's edit is then E gathers over whole rows.
+template <typename T> struct EllSlot {
+    int E = 0;
+    std::vector<int32_t> rows;  // [E, K]
+    std::vector<T> vals;        // [E, K]
+    const T* c = nullptr;       // [K]
+};
+
+template <typename T> EllSlot<T> ell_slot(const EditCols<T>& e, int t) {
+    EllSlot<T> s;
+    const int K = e.K;
+    const int32_t* cp = e.col_ptr + (int64_t)t * (K + 1);
+    for (int n = 0; n < K; ++n) s.E = std::max(s.E, int(cp[n + 1] - cp[n]));
+    s.rows.assign((size_t)s.E * K, 0);
+    s.vals.assign((size_t)s.E * K, T(0));
+    for (int n = 0; n < K; ++n)
+        for (int32_t j = cp[n]; j < cp[n + 1]; ++j) {
+            s.rows[(size_t)(j - cp[n]) * K + n] = e.rows[j];
+            s.vals[(size_t)(j - cp[n]) * K + n] = e.vals[j];
+        }
+    s.c = e.c + (int64_t)t * K;
+    return s;
+}
+
+// out[n] = own[n] c[n] + sum_w base[w] W[w, n] (attention_math.h); own null: the slot never reads it.
+template <typename T> void edited_row(const EllSlot<T>& s, int K, const T* __restrict own, const T* __restrict base,
+                                      T* __restrict out) {
+    if (own) {
+#pragma omp simd
+        for (int n = 0; n < K; ++n) out[n] = own[n] * s.c[n];
+    } else {
+        std::fill(out, out + K, T(0));
+    }
+    for (int l = 0; l < s.E; ++l) {
+        const int32_t* __restrict rw = s.rows.data() + (size_t)l * K;
+        const T* __restrict vl = s.vals.data() + (size_t)l * K;
+#pragma omp simd
+        for (int n = 0; n < K; ++n) out[n] += base[rw[n]] * vl[n];
+    }
 }
 
 }  // namespace
 
+void set_cpu_blas(bool on) { g_use_blas = on && cpu_blas_available(); }
+
 template <typename T> void attention_fwd_cpu(const AttnArgs<T>& a) {
-    const int B = a.route.B, H = a.H, Q = a.Q, K = a.K, D = a.D, Dv = a.Dv, Kp = a.Kp, Dvp = a.Dvp;
+    const int B = a.route.B, H = a.H, Q = a.Q, K = a.K, D = a.D, Dv = a.Dv;
     const Routing& rt = a.route;
     const bool has_edit = a.edit.col_ptr != nullptr;
+    const int ldS = (K + 15) / 16 * 16;  // whole vectors per row (the softmax's), rows on 64-byte boundaries
 
     // Elements whose maps others read keep their rows of the current block in a buffer of their own.
     std::vector<int> src_buf(B, -1);
@@ -169,6 +204,9 @@ template <typename T> void attention_fwd_cpu(const AttnArgs<T>& a) {
         if (rt.src[b] < 0) order.push_back(b);
     for (int b = 0; b < B; ++b)
         if (rt.src[b] >= 0) order.push_back(b);
+    std::vector<EllSlot<T>> ell(B);  // per element with a cross edit
+    for (int b = 0; b < B; ++b)
+        if (rt.slot[b] >= 0 && has_edit) ell[b] = ell_slot(a.edit, rt.slot[b]);
     std::vector<char> needs_own(B);
     for (int b = 0; b < B; ++b)
         needs_own[b] = rt.src[b] < 0 || (rt.slot[b] >= 0 && has_edit && slot_needs_own(a.edit, rt.slot[b]));
@@ -181,79 +219,78 @@ template <typename T> void attention_fwd_cpu(const AttnArgs<T>& a) {
     int n_vedit = 0;
     for (int b = 0; b < B; ++b)
         if (rt.slot[b] >= 0 && !needs_own[b] && !(a.store && rt.store_idx[b] >= 0)) vedit[b] = n_vedit++;
-    std::vector<T> vw((size_t)n_vedit * H * K * Dvp);
+    std::vector<T> vw((size_t)n_vedit * H * K * Dv);
     if (n_vedit) {
 #pragma omp parallel for schedule(dynamic, 1)
         for (int64_t it = 0; it < (int64_t)B * H; ++it) {
             const int b = int(it / H), h = int(it % H);
             if (vedit[b] < 0) continue;
             const int t = rt.slot[b];
-            const T* vb = a.v + it * K * Dvp;
-            T* w = vw.data() + ((size_t)vedit[b] * H + h) * K * Dvp;
+            const T* vb = a.v + it * K * Dv;
+            T* w = vw.data() + ((size_t)vedit[b] * H + h) * K * Dv;
             const int32_t* cp = a.edit.col_ptr + (int64_t)t * (K + 1);
             for (int n = 0; n < K; ++n) {  // column n of W_t spreads row n of V over the rows it reads
-                const T* vr = vb + (int64_t)n * Dvp;
+                const T* vr = vb + (int64_t)n * Dv;
                 for (int32_t j = cp[n]; j < cp[n + 1]; ++j) {
-                    T* wr = w + (int64_t)a.edit.rows[j] * Dvp;
+                    T* wr = w + (int64_t)a.edit.rows[j] * Dv;
                     const T wv = a.edit.vals[j];
 #pragma omp simd
-                    for (int d = 0; d < Dvp; ++d) wr[d] += wv * vr[d];
+                    for (int d = 0; d < Dv; ++d) wr[d] += wv * vr[d];
                 }
             }
         }
     }
 
-    // Query block: the row buffers ((n_src + 2) x [QB, Kp]) stay within ~512 KiB (L2).
-    const int64_t budget = (512 * 1024) / (int64_t(sizeof(T)) * Kp * (n_src + 2));
-    int QB = int(std::clamp<int64_t>(budget / MR * MR, MR, 64));
-    QB = std::min(QB, ((Q + MR - 1) / MR) * MR);
-    const int n_blocks = (Q + QB - 1) / QB;
+    // Query block: the map buffers ((n_src + 2) x [QB, ldS]) stay within ~1 MiB (L2), and a block is big
+    // enough for the GEMMs to run at full rate. A thread takes a (block, head) pair, or a block with all
+    // its heads when maps are stored (the store sums over heads: one writer per row, no atomics), and
+    // then the blocks are made small enough for every thread to get several.
+    const int heads_per_unit = a.store ? H : 1;
+    const int64_t min_blocks = a.store ? 4 * int64_t(omp_get_max_threads()) : 1;
+    const int64_t budget = (1024 * 1024) / (int64_t(sizeof(T)) * ldS * (n_src + 2));
+    const int QB = int(std::clamp<int64_t>(std::min(budget, (Q + min_blocks - 1) / min_blocks), 16, 512));
+    const int n_blocks = (Q + QB - 1) / QB, units_per_block = H / heads_per_unit;
 
 #pragma omp parallel
     {
-        std::vector<T> srcrows((size_t)std::max(n_src, 1) * QB * Kp), own((size_t)QB * Kp), edited((size_t)QB * Kp);
-        std::vector<T> ob((size_t)QB * Dvp);
+        const int rows = std::min(QB, Q);
+        std::vector<T> srcrows((size_t)std::max(n_src, 1) * rows * ldS), own((size_t)rows * ldS), edited((size_t)rows * ldS);
 #pragma omp for schedule(dynamic, 1)
-        for (int blk = 0; blk < n_blocks; ++blk) {
+        for (int64_t it = 0; it < (int64_t)n_blocks * units_per_block; ++it) {
+            const int blk = int(it / units_per_block), h0 = int(it % units_per_block) * heads_per_unit;
             const int q0 = blk * QB, nr = std::min(QB, Q - q0);
-            for (int h = 0; h < H; ++h) {
+            for (int h = h0; h < h0 + heads_per_unit; ++h) {
                 for (int b : order) {
                     const int64_t bh = (int64_t)b * H + h;
-                    T* ownp = src_buf[b] >= 0 ? srcrows.data() + (size_t)src_buf[b] * QB * Kp : own.data();
+                    T* ownp = src_buf[b] >= 0 ? srcrows.data() + (size_t)src_buf[b] * rows * ldS : own.data();
                     if (needs_own[b]) {
-                        scores_block(a.q + (bh * Q + q0) * D, nr, D, a.k + bh * D * Kp, Kp, a.scale, ownp);
-                        softmax_rows(ownp, nr, K, Kp);
+                        scores_block(a.q + (bh * Q + q0) * D, nr, D, a.k + bh * K * D, K, a.scale, ownp, ldS);
+                        softmax_rows(ownp, nr, K, ldS);
                     }
-                    const T* P = ownp;
                     T* o = a.out + (bh * Q + q0) * Dv;
+                    const T* base = rt.src[b] >= 0 ? srcrows.data() + (size_t)src_buf[rt.src[b]] * rows * ldS : nullptr;
                     if (vedit[b] >= 0) {  // cross edit through the values (see above)
-                        const size_t off = ((size_t)vedit[b] * H + h) * K * Dvp;
-                        const T* base = srcrows.data() + (size_t)src_buf[rt.src[b]] * QB * Kp;
-                        pv_block(base, nr, Kp, K, vw.data() + off, Dvp, ob.data());
-                        for (int r = 0; r < nr; ++r) std::memcpy(o + (int64_t)r * Dv, ob.data() + (int64_t)r * Dvp, sizeof(T) * Dv);
+                        pv_block(base, nr, ldS, K, vw.data() + ((size_t)vedit[b] * H + h) * K * Dv, Dv, o);
                         continue;
                     }
-                    if (rt.src[b] >= 0) {
-                        const T* base = srcrows.data() + (size_t)src_buf[rt.src[b]] * QB * Kp;
+                    const T* P = ownp;
+                    if (base) {
                         const int t = rt.slot[b];
                         if (t < 0) {
                             P = base;  // map injection
                         } else {
-                            for (int r = 0; r < nr; ++r) {
-                                T* er = edited.data() + (int64_t)r * Kp;
-                                edited_row(a.edit, t, needs_own[b] ? ownp + (int64_t)r * Kp : nullptr, base + (int64_t)r * Kp, er);
-                                for (int n = K; n < Kp; ++n) er[n] = T(0);
-                            }
+                            for (int r = 0; r < nr; ++r)
+                                edited_row(ell[b], K, needs_own[b] ? ownp + (int64_t)r * ldS : nullptr, base + (int64_t)r * ldS,
+                                           edited.data() + (int64_t)r * ldS);
                             P = edited.data();
                         }
                     }
-                    pv_block(P, nr, Kp, K, a.v + bh * K * Dvp, Dvp, ob.data());
-                    for (int r = 0; r < nr; ++r) std::memcpy(o + (int64_t)r * Dv, ob.data() + (int64_t)r * Dvp, sizeof(T) * Dv);
+                    pv_block(P, nr, ldS, K, a.v + bh * K * Dv, Dv, o);
                     if (a.store && rt.store_idx[b] >= 0) {
                         T* st = a.store + ((int64_t)rt.store_idx[b] * Q + q0) * K;
                         for (int r = 0; r < nr; ++r)
 #pragma omp simd
-                            for (int n = 0; n < K; ++n) st[(int64_t)r * K + n] += P[(int64_t)r * Kp + n];
+                            for (int n = 0; n < K; ++n) st[(int64_t)r * K + n] += P[(int64_t)r * ldS + n];
                     }
                 }
             }

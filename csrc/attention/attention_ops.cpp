@@ -15,8 +15,6 @@ namespace {
 using torch::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
 // out [B*H, Q, Dv] = edited softmax(scale q k^T) v; see attention_math.h for what "edited" means.
 // src/slot/store_idx: one entry per batch element (B = q.size(0) / heads).
 Tensor attention_forward(Tensor q, Tensor k, Tensor v, int64_t heads, double scale, std::vector<int64_t> src,
@@ -88,6 +86,8 @@ Tensor attention_forward(Tensor q, Tensor k, Tensor v, int64_t heads, double sca
     }
 
     q = q.contiguous();
+    k = k.contiguous();
+    v = v.contiguous();
     Tensor out = torch::empty({BH, Q, Dv}, q.options());
     return AT_DISPATCH_FLOATING_TYPES(dt, "attention_forward", [&] {
         gk::attn::AttnArgs<scalar_t> a{};
@@ -99,27 +99,18 @@ Tensor attention_forward(Tensor q, Tensor k, Tensor v, int64_t heads, double sca
         a.store = store ? store->data_ptr<scalar_t>() : nullptr;
         a.out = out.data_ptr<scalar_t>();
         a.q = q.data_ptr<scalar_t>();
+        a.k = k.data_ptr<scalar_t>();
+        a.v = v.data_ptr<scalar_t>();
         if (q.is_cuda()) {
 #if GSPLAT_KIT_WITH_CUDA
             TORCH_CHECK(Dv <= gk::attn::kCudaMaxDv, "attention_forward: value head dim ", Dv, " above the CUDA kernel's ", gk::attn::kCudaMaxDv);
             const c10::cuda::CUDAGuard guard(q.device());
-            Tensor kc = k.contiguous(), vc = v.contiguous();
-            a.Kp = int(K); a.Dvp = int(Dv);
-            a.k = kc.data_ptr<scalar_t>(); a.v = vc.data_ptr<scalar_t>();
             gk::attn::attention_fwd_cuda<scalar_t>(a, (void*)c10::cuda::getCurrentCUDAStream().stream());
             C10_CUDA_KERNEL_LAUNCH_CHECK();
 #else
             TORCH_CHECK(false, "attention_forward: gsplat_kit._C was built without CUDA kernels; rebuild with a CUDA build of torch and nvcc present");
 #endif
         } else {
-            // Keys transposed and both padded to the register-tile width (sizes of k and v: cheap next to any map).
-            const int64_t Kp = round_up(K, gk::attn::kCpuPad), Dvp = round_up(Dv, gk::attn::kCpuPad);
-            Tensor kt = torch::zeros({BH, D, Kp}, q.options());
-            kt.narrow(2, 0, K).copy_(k.transpose(1, 2));
-            Tensor vp = Dvp == Dv ? v.contiguous() : torch::zeros({BH, K, Dvp}, q.options());
-            if (Dvp != Dv) vp.narrow(2, 0, Dv).copy_(v);
-            a.Kp = int(Kp); a.Dvp = int(Dvp);
-            a.k = kt.data_ptr<scalar_t>(); a.v = vp.data_ptr<scalar_t>();
             gk::attn::attention_fwd_cpu<scalar_t>(a);
         }
         return out;
@@ -134,5 +125,9 @@ void register_attention(pybind11::module_& m) {
           pybind11::arg("src"), pybind11::arg("slot"), pybind11::arg("col_ptr") = pybind11::none(),
           pybind11::arg("rows") = pybind11::none(), pybind11::arg("vals") = pybind11::none(), pybind11::arg("c") = pybind11::none(),
           pybind11::arg("store") = pybind11::none(), pybind11::arg("store_idx") = std::vector<int64_t>{});
-    m.def("attention_cpu_pad", [] { return gk::attn::kCpuPad; }, "Column padding of the CPU layouts.");
+    m.def("attention_cpu_blas", [](std::optional<bool> on) {
+        if (on) gk::attn::set_cpu_blas(*on);
+        return gk::attn::cpu_blas_available();
+    }, "Whether the CPU products use torch's BLAS; `on` switches to the plain loops (False) or back (True).",
+          pybind11::arg("on") = pybind11::none());
 }

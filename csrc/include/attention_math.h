@@ -45,30 +45,9 @@ template <typename T> struct EditCols {
     int K;
 };
 
-// exp for float: Cephes' expf (range reduction + degree-5 polynomial, ~1 ulp), branch-free so that
-// the CPU softmax loops vectorise. On the GPU the hardware-accurate expf is used.
-GK_ATTN_HD float attn_exp(float x) {
-#ifdef __CUDA_ARCH__
-    return expf(x);
-#else
-    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
-    const float t = x * 1.44269504088896341f;
-    const int32_t ni = int32_t(t + (t < 0.f ? -0.5f : 0.5f));
-    const float n = float(ni);
-    float r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union { int32_t i; float f; } u;
-    u.i = (ni + 127) << 23;  // 2^n (n stays in range after the clamp)
-    return p * u.f;
-#endif
-}
+// exp of a score minus its row maximum. The CPU's float softmax has a vector version of its own
+// (attention_cpu.cpp); this one serves the GPU (hardware expf) and float64.
+GK_ATTN_HD float attn_exp(float x) { return expf(x); }
 GK_ATTN_HD double attn_exp(double x) { return exp(x); }
 
 // Softmax numerator of one score given the row maximum (P2P and diffusers: softmax over keys).
@@ -82,24 +61,6 @@ GK_ATTN_HD T edited_prob(const EditCols<T>& e, int slot, int n, T own, BaseFn ba
     T acc = own * e.c[(int64_t)slot * e.K + n];
     for (int32_t j = cp[n]; j < cp[n + 1]; ++j) acc += base(e.rows[j]) * e.vals[j];
     return acc;
-}
-
-// A whole edited row (the same formula, row at a time: the own-map term vectorises, then the sparse
-// source term is added column by column). own may be null when the slot never reads it (c = 0).
-template <typename T>
-GK_ATTN_HD void edited_row(const EditCols<T>& e, int slot, const T* own, const T* base, T* out) {
-    const T* c = e.c + (int64_t)slot * e.K;
-    if (own) {
-        for (int n = 0; n < e.K; ++n) out[n] = own[n] * c[n];
-    } else {
-        for (int n = 0; n < e.K; ++n) out[n] = T(0);
-    }
-    const int32_t* cp = e.col_ptr + (int64_t)slot * (e.K + 1);
-    for (int n = 0; n < e.K; ++n) {
-        T acc = out[n];
-        for (int32_t j = cp[n]; j < cp[n + 1]; ++j) acc += base[e.rows[j]] * e.vals[j];
-        out[n] = acc;
-    }
 }
 
 // Whether slot t reads the element's own map at all (any c != 0); if not, its scores are never computed.

@@ -5,7 +5,9 @@ The guidance image is DDIM-inverted (with `inversion_prompt`, "" by default); sa
 branches in one batch, [source, unconditional, conditional], where the source branch is the inversion
 latent at each timestep. During the first `pnp_f_t` of the steps the decoder's residual features
 (`feature_layers`, default up_blocks.1.resnets.1) of the translated branches are replaced by the
-source's, and during the first `pnp_attn_t` their self-attention queries and keys: injecting Q and K is
+source's, and during the first `pnp_attn_t` their self-attention queries and keys. The inversion may take
+finer steps than the sampling (`inversion_steps`; pnp-diffusers inverts with 1000): the source branch then
+takes the inversion latent at each sampling timestep. Injecting Q and K is injecting Q and K is
 injecting the self-attention map softmax(Q_s K_s^T / sqrt(d)), which the fused kernel does by routing
 (`src`), without computing the translated branches' maps at all. As in MichalGeyer/pnp-diffusers.
 """
@@ -25,6 +27,19 @@ from .plan import LayerPlan
 
 class PnPError(ValueError):
     """A Plug-and-Play setting does not fit the model."""
+
+
+def _sources_at(inversion: inv.InversionResult, sched, n: int) -> list:
+    """The inversion latent at the noise level of each of the n sampling timesteps (the source branch).
+    The inversion's own timesteps must include them (an inversion with a multiple of n steps does)."""
+    traj, ts = inversion.trajectory, [int(t) for t in inversion.timesteps]
+    at_level = {t: traj[len(ts) - j] for j, t in enumerate(ts)}  # traj[k]: the level of timestep ts[N - k]
+    sched.set_timesteps(n)
+    missing = [int(t) for t in sched.timesteps if int(t) not in at_level]
+    if missing:
+        raise PnPError(f"the inversion has {len(ts)} steps, whose timesteps do not include the {n} sampling steps' "
+                       f"(e.g. t={missing[0]}): invert with {n} steps, or with 1000 as pnp-diffusers does")
+    return [at_level[int(t)] for t in sched.timesteps]
 
 
 @dataclass
@@ -111,8 +126,8 @@ class PlugAndPlayPipeline:
     def __call__(self, image, prompt: str, negative_prompt: str = "", inversion_prompt: str = "",
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, pnp_f_t: float = 0.8,
                  pnp_attn_t: float = 0.5, feature_layers=("up_blocks.1.resnets.1",), attn_layers=None,
-                 inversion: inv.InversionResult | None = None, height=None, width=None, output_type: str = "pil",
-                 progress: bool = True) -> PnPOutput:
+                 inversion: inv.InversionResult | None = None, inversion_steps: int | None = None, height=None,
+                 width=None, output_type: str = "pil", progress: bool = True) -> PnPOutput:
         from .processor import register_attention_control
 
         for name, v in (("pnp_f_t", pnp_f_t), ("pnp_attn_t", pnp_attn_t)):
@@ -124,13 +139,11 @@ class PlugAndPlayPipeline:
         attn_names = _resolve_attn_layers(unet, attn_layers)
         feat_mods = _resolve_modules(unet, feature_layers)
         sched = inv.ddim_scheduler(self)
+        n = num_inference_steps
         if inversion is None:
-            inversion = inv.invert(self, image, inversion_prompt, method="ddim", num_inference_steps=num_inference_steps,
+            inversion = inv.invert(self, image, inversion_prompt, method="ddim", num_inference_steps=inversion_steps or n,
                                    height=height, width=width, progress=progress)
-        n = len(inversion.trajectory) - 1
-        if n != num_inference_steps:
-            raise PnPError(f"the inversion has {n} steps, num_inference_steps is {num_inference_steps}")
-        traj = inversion.trajectory
+        sources = _sources_at(inversion, sched, n)
         src_emb = inv.encode_prompt(self, inversion.prompt)
         cond, uncond = inv.encode_prompt(self, prompt), inv.encode_prompt(self, negative_prompt)
         emb = torch.cat([src_emb, uncond, cond])
@@ -144,7 +157,7 @@ class PlugAndPlayPipeline:
                 output[1:] = output[:1]
             return output
 
-        hw = tuple(traj[0].shape[-2:])
+        hw = tuple(sources[0].shape[-2:])
         ctrl = PnPInjection(attn_names, attn_steps, latent_hw=hw)
         original = unet.attn_processors
         handles = [m.register_forward_hook(inject_features) for m in feat_mods]
@@ -152,12 +165,11 @@ class PlugAndPlayPipeline:
             register_attention_control(unet, ctrl, fused=self.fused)
             ctrl.latent_hw = hw
             sched.set_timesteps(n)
-            x = traj[-1]
+            x = sources[0]
             for i, t in enumerate(tqdm(sched.timesteps, desc="Plug-and-Play", disable=not progress)):
                 step["i"] = i
                 ctrl.cur_step, ctrl.cur_att_layer = i, 0
-                source = traj[n - i]  # the inversion latent at this timestep's level
-                out = unet(torch.cat([source, x, x]), t, encoder_hidden_states=emb).sample
+                out = unet(torch.cat([sources[i], x, x]), t, encoder_hidden_states=emb).sample
                 _, ou, oc = out.chunk(3)
                 x = sched.step(ou + guidance_scale * (oc - ou), t, x).prev_sample
         finally:
