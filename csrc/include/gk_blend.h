@@ -26,19 +26,21 @@ GK_HD uint64_t isect_key(int64_t camera, int64_t tile, float depth, int tile_bit
 
 // sigma = 0.5 (a dx^2 + c dy^2) + b dx dy with d = mean - pixel centre.
 template <typename T> GK_HD T gauss_sigma(T a, T b, T c, T dx, T dy) {
-    return T(0.5) * (a * dx * dx + c * dy * dy) + b * dx * dy;
+    return 0.5f * (a * dx * dx + c * dy * dy) + b * dx * dy;
 }
 template <typename T> GK_HD T gauss_sigma(const T conic[3], T dx, T dy) { return gauss_sigma(conic[0], conic[1], conic[2], dx, dy); }
 
 // alpha of one splat at one pixel, or 0 when it is skipped (behind the ellipse's centre plane or
 // fainter than 1/255); vis = exp(-sigma) is kept for the backward. (Returned by value: out-parameters
-// on loop locals keep compilers from vectorising the CPU loops.)
+// on loop locals keep compilers from vectorising the CPU loops.) gauss_sigma and splat_alpha also take
+// the CPU's float vectors (gk_common.h, simd): scalar constants and | rather than || for that.
 template <typename T> struct SplatAlpha { T alpha, vis; };
 
 template <typename T> GK_HD SplatAlpha<T> splat_alpha(T opacity, T sigma) {
     const T vis = gk_exp(-sigma);
-    const T alpha = gk_min(T(kAlphaMax), opacity * vis);
-    return {(sigma < T(0) || alpha < T(kAlphaMin)) ? T(0) : alpha, vis};
+    const T a = opacity * vis;
+    const T alpha = a > kAlphaMax ? T{} + kAlphaMax : a;  // a NaN stays NaN
+    return {((sigma < 0.f) | (alpha < kAlphaMin)) ? T{} : alpha, vis};
 }
 
 // Backward through alpha = min(0.99, o exp(-sigma)) given dL/dalpha: the conic, mean and opacity

@@ -31,32 +31,78 @@ template <typename T> struct Vec3 { T x, y, z; };
 template <typename T> struct Mat2 { T m[2][2]; };
 template <typename T> struct Mat3 { T m[3][3]; };
 
-// exp(x) for float on the host: Cephes' expf (range reduction + degree-5 polynomial, ~1 ulp) written
-// branch-free so that the CPU compositing loops vectorise.
+// Cephes' expf: e^x = 2^n e^r with n = round(x / ln2), |r| <= ln2 / 2, and e^r by a degree-5
+// polynomial (~1 ulp). Written once for a float and for a GCC vector of floats (the CPU loops, below);
+// branch-free, so that loops over it vectorise. The GPU uses its own __expf.
+template <typename V> inline V exp_reduced(V r) {
+    V y = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    return y * (r * r) + r + 1.0f;
+}
+
 inline float exp_poly(float x) {
     x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
     const float t = x * 1.44269504088896341f;
     const int32_t ni = int32_t(t + (t < 0.f ? -0.5f : 0.5f));  // round to nearest (no floorf: it blocks vectorisation)
     const float n = float(ni);
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float y = 1.9875691500e-4f;
-    y = y * r + 1.3981999507e-3f;
-    y = y * r + 8.3334519073e-3f;
-    y = y * r + 4.1665795894e-2f;
-    y = y * r + 1.6666665459e-1f;
-    y = y * r + 5.0000001201e-1f;
-    y = y * (r * r) + r + 1.0f;
-    return y * __builtin_bit_cast(float, (ni + 127) << 23);  // y * 2^n
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;  // ln2 in two parts
+    return exp_reduced(r) * __builtin_bit_cast(float, (ni + 127) << 23);  // e^r * 2^n
 }
 
+#ifndef __CUDACC__
+// Explicit SIMD for the CPU kernels' hot loops (GCC vector extensions): the widest vectors the build
+// targets, so the same source is AVX-512, AVX2 or SSE code.
+namespace simd {
+#if defined(__AVX512F__)
+constexpr int kBytes = 64;
+#elif defined(__AVX__)
+constexpr int kBytes = 32;
+#else
+constexpr int kBytes = 16;
+#endif
+typedef float VF __attribute__((vector_size(kBytes)));
+typedef int32_t VI __attribute__((vector_size(kBytes)));  // lane masks: -1 true, 0 false
+constexpr int kLanes = kBytes / sizeof(float);
+
+inline VF load(const float* p) {
+    VF v;
+    __builtin_memcpy(&v, p, sizeof v);  // unaligned load
+    return v;
+}
+inline VI load(const int32_t* p) {
+    VI v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+}
+inline void store(float* p, VF v) { __builtin_memcpy(p, &v, sizeof v); }
+inline void store(int32_t* p, VI v) { __builtin_memcpy(p, &v, sizeof v); }
+inline int count(VI masks) {  // true lanes of a mask, or of a sum of masks
+    int n = 0;
+    for (int l = 0; l < kLanes; ++l) n -= masks[l];
+    return n;
+}
+}  // namespace simd
+
+inline simd::VF exp_poly(simd::VF x) {
+    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    const simd::VF n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round(x / ln2): 1.5 * 2^23 trick
+    const simd::VF r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    const simd::VI two_n = (__builtin_convertvector(n, simd::VI) + 127) << 23;  // 2^n as float bits
+    return exp_reduced(r) * (simd::VF)two_n;
+}
+#endif
+
+// e^x: float (or a vector of floats) through exp_poly on the CPU and __expf on the GPU; double exactly.
 template <typename T> GK_HD T gk_exp(T x) {
 #ifdef __CUDA_ARCH__
     if constexpr (sizeof(T) == 4) return __expf(x);  // the GPU's fast exp (2 ulp), as gsplat and 3DGS use
     return exp(x);
 #else
-    if constexpr (sizeof(T) == 4) return exp_poly(x);
-    return exp(x);
+    if constexpr (sizeof(T) == sizeof(double)) return exp(x);
+    else return exp_poly(x);
 #endif
 }
 template <typename T> GK_HD T gk_min(T a, T b) { return a < b ? a : b; }
