@@ -12,6 +12,7 @@
 #include <omp.h>
 
 #include "attention.h"
+#include "gk_common.h"
 
 // Fortran BLAS, as exported by libtorch_cpu (torch's own CPUBlas.cpp declares them the same way). Weak:
 // a torch built without a BLAS leaves them null and the plain loops below take over.
@@ -75,34 +76,14 @@ template <typename T> void pv_block(const T* P, int nr, int ldP, int K, const T*
     }
 }
 
-// The float softmax runs on the widest vectors the build targets (GCC vector extensions).
-#if defined(__AVX512F__)
-constexpr int kVecBytes = 64;
-#elif defined(__AVX__)
-constexpr int kVecBytes = 32;
-#else
-constexpr int kVecBytes = 16;
-#endif
-typedef float VF __attribute__((vector_size(kVecBytes), aligned(4)));  // unaligned loads and stores allowed
-typedef int32_t VI __attribute__((vector_size(kVecBytes), aligned(4)));
-constexpr int kVF = kVecBytes / sizeof(float);
+using simd::VF;
+using simd::VI;
+constexpr int kVF = simd::kLanes;
 
-// e^x for x <= 0 (a score minus its row maximum): Cephes' expf, range reduction to |r| <= ln2/2 and a
-// degree-5 polynomial (~1e-7 relative). Below -75 it gives exactly 0: the probabilities are then
-// < 3e-33 anyway, and a denormal product (probability / row sum) costs a microcode assist per lane.
-inline VF exp_nonpositive(VF x) {
-    const VI tiny = x < -75.f;
-    const VF n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round(x / ln2): 1.5 * 2^23 trick
-    const VF r = x - n * 0.693359375f + n * 2.12194440e-4f;           // ln2 in two parts
-    VF p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.f;
-    const VI two_n = (__builtin_convertvector(n, VI) + 127) << 23;  // 2^n as float bits
-    return tiny ? VF{} : p * (VF)two_n;
-}
+// e^x for x <= 0 (a score minus its row maximum; gk_common.h's vector Cephes exp), exactly 0 below -75:
+// those probabilities are < 3e-33 anyway, and a denormal product (probability / row sum) would cost a
+// microcode assist per lane.
+inline VF exp_nonpositive(VF x) { return x < -75.f ? VF{} : exp_poly(x); }
 
 // Row-wise softmax over the first K entries of rows of stride ld (>= K rounded up to kVF), in place.
 // The last vector's lanes past K enter as -inf (exp 0), so that every pass runs on whole vectors.
@@ -113,21 +94,26 @@ void softmax_rows(float* S, int nrows, int K, int ld) {
     const VI in_row = lane < (K - (nv - 1) * kVF);
     const VF minus_inf = VF{} - std::numeric_limits<float>::infinity();
     for (int r = 0; r < nrows; ++r) {
-        VF* s = reinterpret_cast<VF*>(S + (int64_t)r * ld);
-        s[nv - 1] = in_row ? s[nv - 1] : minus_inf;
-        VF mv = s[0];
-        for (int c = 1; c < nv; ++c) mv = s[c] > mv ? s[c] : mv;
+        float* s = S + (int64_t)r * ld;
+        float* tail = s + (nv - 1) * kVF;
+        simd::store(tail, in_row ? simd::load(tail) : minus_inf);
+        VF mv = simd::load(s);
+        for (int c = 1; c < nv; ++c) {
+            const VF x = simd::load(s + c * kVF);
+            mv = x > mv ? x : mv;
+        }
         float m = mv[0];
         for (int l = 1; l < kVF; ++l) m = mv[l] > m ? mv[l] : m;
         VF sv{};
         for (int c = 0; c < nv; ++c) {
-            s[c] = exp_nonpositive(s[c] - m);
-            sv += s[c];
+            const VF e = exp_nonpositive(simd::load(s + c * kVF) - m);
+            simd::store(s + c * kVF, e);
+            sv += e;
         }
         float sum = 0;
         for (int l = 0; l < kVF; ++l) sum += sv[l];
         const float inv = 1.f / sum;
-        for (int c = 0; c < nv; ++c) s[c] *= inv;
+        for (int c = 0; c < nv; ++c) simd::store(s + c * kVF, simd::load(s + c * kVF) * inv);
     }
 }
 
