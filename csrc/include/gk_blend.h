@@ -48,15 +48,15 @@ template <typename T> GK_HD SplatAlpha<T> splat_alpha(T opacity, T sigma) {
 template <typename T> struct SplatGrad { T conic[3], mean[2], opacity; };
 
 template <typename T> GK_HD SplatGrad<T> splat_alpha_vjp(T opacity, T vis, const T conic[3], T dx, T dy, T v_alpha) {
-    const bool capped = opacity * vis > T(kAlphaMax);
-    const T v_sigma = capped ? T(0) : -opacity * vis * v_alpha;
+    const auto capped = opacity * vis > kAlphaMax;  // bool, or a lane mask
+    const T v_sigma = capped ? T{} : -opacity * vis * v_alpha;
     SplatGrad<T> g;
-    g.conic[0] = T(0.5) * dx * dx * v_sigma;
+    g.conic[0] = 0.5f * dx * dx * v_sigma;
     g.conic[1] = dx * dy * v_sigma;
-    g.conic[2] = T(0.5) * dy * dy * v_sigma;
+    g.conic[2] = 0.5f * dy * dy * v_sigma;
     g.mean[0] = v_sigma * (conic[0] * dx + conic[1] * dy);
     g.mean[1] = v_sigma * (conic[1] * dx + conic[2] * dy);
-    g.opacity = capped ? T(0) : vis * v_alpha;
+    g.opacity = capped ? T{} : vis * v_alpha;
     return g;
 }
 

@@ -79,6 +79,12 @@ inline VI load(const int32_t* p) {
 }
 inline void store(float* p, VF v) { __builtin_memcpy(p, &v, sizeof v); }
 inline void store(int32_t* p, VI v) { __builtin_memcpy(p, &v, sizeof v); }
+inline VF abs(VF x) { return x < 0.f ? -x : x; }
+inline float sum(VF x) {
+    float s = 0;
+    for (int l = 0; l < kLanes; ++l) s += x[l];
+    return s;
+}
 inline int count(VI masks) {  // true lanes of a mask, or of a sum of masks
     int n = 0;
     for (int l = 0; l < kLanes; ++l) n -= masks[l];
