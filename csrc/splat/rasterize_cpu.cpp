@@ -190,22 +190,20 @@ void rasterize_fwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* c
 constexpr int kRecordFixed = 8;  // mean2d (2), |mean2d| (2), conic (3), opacity (1); then D colour values
 
 // One row of the backward for float and 16-pixel rows (the scalar loop in rasterize_bwd_tiles, with
-// explicit vectors): undoes this splat's blend for the row's pixels and adds its gradient terms, summed
-// over the row, to the intersection's record. Arrays are offset to the row; channel d of behind / v_out
-// lies d * TP further.
+// explicit vectors): undoes this splat's blend for the row's pixels and adds its gradient terms, per
+// lane, to sums (laid out like a record: kRecordFixed + D vectors), which the caller reduces once per
+// splat. Arrays are offset to the row; channel d of behind / v_out lies d * TP further.
 template <int DC>
 void backward_row_vec(int D, int TP, const float* px, const float* py, float* trans, const float* t_final,
                       const float* v_a, const float* bg_dot, const float* lastf, float* behind, const float* v_out,
-                      float mx, float my, const float conic[3], float opac, const float* col, float kf, float* rec) {
+                      float mx, float my, const simd::VF conic[3], simd::VF opac, const float* col, float kf,
+                      simd::VF* sums) {
     using namespace simd;
-    constexpr int TS = 16, kMaxD = DC ? DC : 32;
+    constexpr int TS = 16;
     const int nd = DC ? DC : D;
-    const VF cv[3] = {VF{} + conic[0], VF{} + conic[1], VF{} + conic[2]}, o = VF{} + opac;
-    VF m0{}, m1{}, a0{}, a1{}, c0{}, c1{}, c2{}, op{};
-    VF colsum[kMaxD] = {};
     for (int c = 0; c < TS; c += kLanes) {
         const VF dx = mx - load(px + c), dy = my - load(py + c);
-        const SplatAlpha<VF> sa = splat_alpha(o, gauss_sigma(cv[0], cv[1], cv[2], dx, dy));
+        const SplatAlpha<VF> sa = splat_alpha(opac, gauss_sigma(conic[0], conic[1], conic[2], dx, dy));
         const VF alpha = kf <= load(lastf + c) ? sa.alpha : VF{};  // only splats the pixel blended
         const VF ra = 1.f / (1.f - alpha);
         const VF tr = load(trans + c) * ra;  // transmittance in front of this splat
@@ -215,27 +213,23 @@ void backward_row_vec(int D, int TP, const float* px, const float* py, float* tr
         for (int d = 0; d < nd; ++d) {
             float* bh = behind + d * TP + c;
             const VF vo = load(v_out + d * TP + c), bd = load(bh);
-            colsum[d] += fac * vo;
+            sums[kRecordFixed + d] += fac * vo;
             v_alpha += (col[d] * tr - bd * ra) * vo;
             store(bh, bd + col[d] * fac);
         }
         v_alpha += load(t_final + c) * ra * (load(v_a + c) - load(bg_dot + c));
         v_alpha = alpha != 0.f ? v_alpha : VF{};
-        const SplatGrad<VF> gr = splat_alpha_vjp(o, sa.vis, cv, dx, dy, v_alpha);
-        m0 += gr.mean[0];
-        m1 += gr.mean[1];
-        a0 += abs(gr.mean[0]);
-        a1 += abs(gr.mean[1]);
-        c0 += gr.conic[0];
-        c1 += gr.conic[1];
-        c2 += gr.conic[2];
-        op += gr.opacity;
+        const SplatGrad<VF> gr = splat_alpha_vjp(opac, sa.vis, conic, dx, dy, v_alpha);
+        sums[0] += gr.mean[0];
+        sums[1] += gr.mean[1];
+        sums[2] += abs(gr.mean[0]);
+        sums[3] += abs(gr.mean[1]);
+        sums[4] += gr.conic[0];
+        sums[5] += gr.conic[1];
+        sums[6] += gr.conic[2];
+        sums[7] += gr.opacity;
     }
-    rec[0] += sum(m0); rec[1] += sum(m1); rec[2] += sum(a0); rec[3] += sum(a1);
-    rec[4] += sum(c0); rec[5] += sum(c1); rec[6] += sum(c2); rec[7] += sum(op);
-    for (int d = 0; d < nd; ++d) rec[kRecordFixed + d] += sum(colsum[d]);
 }
-
 
 template <typename T, int DC>
 void rasterize_bwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* conics, const T* colors, const T* opacities,
@@ -267,6 +261,10 @@ void rasterize_bwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* c
         T* __restrict s_c2 = s_c1 + TS;
         T* __restrict s_op = s_c2 + TS;
         T* __restrict s_col = s_op + TS;            // [D][TS]
+        // float, 16-pixel rows: explicit vectors (backward_row_vec), their per-lane sums reduced per splat
+        const bool vec_rows = std::is_same_v<T, float> && TS == 16;
+        std::vector<simd::VF> sums_(vec_rows ? stride : 0);
+        simd::VF* sums = sums_.data();
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < n_tiles; ++t) {
             const TileView tv = tile_view(g, t, isect_offsets, n_isects);
@@ -310,14 +308,18 @@ void rasterize_bwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* c
                 for (int i = 0; i < stride; ++i) rec[i] = 0;
                 int r0, r1;
                 reachable_rows(conic, opac, my, tv, r0, r1);
+                const simd::VF conic_v[3] = {simd::VF{} + float(ca), simd::VF{} + float(cb), simd::VF{} + float(cc)};
+                const simd::VF opac_v = simd::VF{} + float(opac);
+                if (vec_rows)
+                    for (int i = 0; i < stride; ++i) sums[i] = simd::VF{};
                 for (int r = r0; r <= r1; ++r) {
                     if (kf > row_last[r]) continue;
                     const int base = r * TS;
                     if constexpr (std::is_same_v<T, float>) {
-                        if (TS == 16 && D <= 32) {
+                        if (vec_rows) {
                             backward_row_vec<DC>(D, TP, px + base, py + base, trans + base, t_final + base, v_a + base,
-                                                 bg_dot + base, lastf + base, behind + base, v_out + base, mx, my, conic,
-                                                 opac, DC ? col : colp, kf, rec);
+                                                 bg_dot + base, lastf + base, behind + base, v_out + base, mx, my, conic_v,
+                                                 opac_v, DC ? col : colp, kf, sums);
                             continue;
                         }
                     }
@@ -371,6 +373,8 @@ void rasterize_bwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* c
                         rec[kRecordFixed + d] += s;
                     }
                 }
+                if (vec_rows)
+                    for (int i = 0; i < stride; ++i) rec[i] += simd::sum(sums[i]);
             }
         }
     }
