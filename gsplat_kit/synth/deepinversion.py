@@ -50,6 +50,18 @@ def image_priors(x, cfg) -> torch.Tensor:
     return loss
 
 
+def inversion_loss(teacher, student, x, targets, bn: BNStatsLoss, cfg, mean, std) -> torch.Tensor:
+    """The DeepInversion objective of a (jittered) normalised batch x: cross-entropy to the targets, the
+    BN-statistics match, the image priors and, with a student, the Adaptive DeepInversion competition."""
+    logits = teacher(x * std + mean)
+    loss = F.cross_entropy(logits, targets) + cfg.bn_weight * bn.loss() + image_priors(x, cfg)
+    if cfg.competition_weight:
+        with frozen(student):
+            loss = loss + cfg.competition_weight * competition_loss(logits, student(x * std + mean),
+                                                                    cfg.competition_temperature)
+    return loss
+
+
 def invert_batch(teacher: nn.Module, targets: torch.Tensor, config: DeepInversionConfig | None = None,
                  seed: int = 0, progress: bool = False, student: nn.Module | None = None):
     """One DeepInversion batch. Returns (images [B,3,H,W] in [0,1] on the CPU, log dict)."""
@@ -71,15 +83,7 @@ def invert_batch(teacher: nn.Module, targets: torch.Tensor, config: DeepInversio
         best, best_loss, losses = v.detach().clone(), float("inf"), []
         every = log_every(cfg.iterations)
         for it in tqdm(range(cfg.iterations), disable=not progress, desc="DeepInversion", leave=False):
-            x = jitter_flip(v, gen, cfg.jitter, cfg.flip)
-            logits = teacher(x * std + mean)
-            ce = F.cross_entropy(logits, targets)
-            loss_bn = bn.loss()
-            loss = ce + cfg.bn_weight * loss_bn + image_priors(x, cfg)
-            if cfg.competition_weight:
-                with frozen(student):
-                    loss = loss + cfg.competition_weight * competition_loss(
-                        logits, student(x * std + mean), cfg.competition_temperature)
+            loss = inversion_loss(teacher, student, jitter_flip(v, gen, cfg.jitter, cfg.flip), targets, bn, cfg, mean, std)
             lv = loss.item()
             if lv < best_loss:        # the reference keeps the lowest-loss batch
                 best_loss, best = lv, v.detach().clone()

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from ._common import check_targets, frozen, log_every, mean_std, model_device, seeded
 from .bn_hooks import BNStatsLoss
 from .data import CIFAR10_MEAN, CIFAR10_STD
-from .deepinversion import image_priors
-from .priors import competition_loss, jitter_flip
+from .deepinversion import inversion_loss
+from .priors import jitter_flip
 
 
 @dataclass
@@ -203,15 +203,7 @@ def invert_batch(teacher: nn.Module, targets: torch.Tensor, config: NaturalInver
         for it in tqdm(range(cfg.iterations), disable=not progress, desc="NaturalInversion", leave=False):
             x = net(gen)
             x_keep = x.detach()
-            xj = jitter_flip(x, gen, cfg.jitter, cfg.flip)
-            logits = teacher(xj * std + mean)
-            ce = F.cross_entropy(logits, targets)
-            loss_bn = bn.loss()
-            loss = ce + cfg.bn_weight * loss_bn + image_priors(xj, cfg)
-            if cfg.competition_weight:
-                with frozen(student):
-                    loss = loss + cfg.competition_weight * competition_loss(
-                        logits, student(xj * std + mean), cfg.competition_temperature)
+            loss = inversion_loss(teacher, student, jitter_flip(x, gen, cfg.jitter, cfg.flip), targets, bn, cfg, mean, std)
             lv = loss.item()
             if lv < best_loss:           # kept like the reference's best_inputs (before the 2nd jitter)
                 best_loss, best = lv, x_keep.clone()

@@ -134,27 +134,37 @@ def _sample(probs: torch.Tensor, n: int, generator=None) -> torch.Tensor:
     return torch.multinomial(probs, n, replacement=True, generator=generator)
 
 
+def _shared_mass(params, src: torch.Tensor, binoms: torch.Tensor, min_opacity: float) -> dict:
+    """Opacity and scale parameters (logit, log) of the Gaussians `src` once each shares its mass with the
+    copies it gets (a Gaussian drawn m times ends up as m + 1)."""
+    eps = torch.finfo(torch.float32).eps
+    opa = torch.sigmoid(params["opacities"])
+    ratios = torch.bincount(src, minlength=len(opa))[src] + 1
+    new_opa, new_scales = relocation_update(opa[src], torch.exp(params["scales"][src]), ratios, binoms.to(opa.device))
+    return {"opacities": torch.logit(new_opa.clamp(min_opacity, 1.0 - eps)), "scales": torch.log(new_scales)}
+
+
+def _with_shared_mass(name: str, p: torch.Tensor, src: torch.Tensor, shared: dict) -> torch.Tensor:
+    p = p.clone()
+    if name in shared:
+        p[src] = shared[name]
+    return p
+
+
 @torch.no_grad()
 def relocate(params, optimizers, state, dead: torch.Tensor, binoms: torch.Tensor, min_opacity: float = 0.005,
              generator=None):
     """Move the `dead` Gaussians onto live ones sampled by opacity; sources and copies share the mass."""
-    eps = torch.finfo(torch.float32).eps
     opa = torch.sigmoid(params["opacities"])
     dead_idx = torch.where(dead)[0]
     alive_idx = torch.where(~dead)[0]
     if len(dead_idx) == 0 or len(alive_idx) == 0:
         return 0
     src = alive_idx[_sample(opa[alive_idx], len(dead_idx), generator)]
-    ratios = torch.bincount(src, minlength=len(opa))[src] + 1
-    new_opa, new_scales = relocation_update(opa[src], torch.exp(params["scales"][src]), ratios, binoms.to(opa.device))
-    new_opa = new_opa.clamp(min_opacity, 1.0 - eps)
+    shared = _shared_mass(params, src, binoms, min_opacity)
 
     def param_fn(name, p):
-        p = p.clone()
-        if name == "opacities":
-            p[src] = torch.logit(new_opa)
-        elif name == "scales":
-            p[src] = torch.log(new_scales)
+        p = _with_shared_mass(name, p, src, shared)
         p[dead_idx] = p[src]
         return p
 
@@ -174,19 +184,11 @@ def relocate(params, optimizers, state, dead: torch.Tensor, binoms: torch.Tensor
 @torch.no_grad()
 def sample_add(params, optimizers, state, n: int, binoms: torch.Tensor, min_opacity: float = 0.005, generator=None):
     """Append `n` Gaussians copied from existing ones sampled by opacity (mass shared as in relocate)."""
-    eps = torch.finfo(torch.float32).eps
-    opa = torch.sigmoid(params["opacities"])
-    src = _sample(opa, n, generator)
-    ratios = torch.bincount(src, minlength=len(opa))[src] + 1
-    new_opa, new_scales = relocation_update(opa[src], torch.exp(params["scales"][src]), ratios, binoms.to(opa.device))
-    new_opa = new_opa.clamp(min_opacity, 1.0 - eps)
+    src = _sample(torch.sigmoid(params["opacities"]), n, generator)
+    shared = _shared_mass(params, src, binoms, min_opacity)
 
     def param_fn(name, p):
-        p = p.clone()
-        if name == "opacities":
-            p[src] = torch.logit(new_opa)
-        elif name == "scales":
-            p[src] = torch.log(new_scales)
+        p = _with_shared_mass(name, p, src, shared)
         return torch.cat([p, p[src]])
 
     update_params(param_fn, lambda k, v: torch.cat([v, v.new_zeros((n, *v.shape[1:]))]), params, optimizers)
