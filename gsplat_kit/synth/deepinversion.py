@@ -50,16 +50,18 @@ def image_priors(x, cfg) -> torch.Tensor:
     return loss
 
 
-def inversion_loss(teacher, student, x, targets, bn: BNStatsLoss, cfg, mean, std) -> torch.Tensor:
+def inversion_loss(teacher, student, x, targets, bn: BNStatsLoss, cfg, mean, std):
     """The DeepInversion objective of a (jittered) normalised batch x: cross-entropy to the targets, the
-    BN-statistics match, the image priors and, with a student, the Adaptive DeepInversion competition."""
+    BN-statistics match, the image priors and, with a student, the Adaptive DeepInversion competition.
+    Returns (loss, cross-entropy, BN term)."""
     logits = teacher(x * std + mean)
-    loss = F.cross_entropy(logits, targets) + cfg.bn_weight * bn.loss() + image_priors(x, cfg)
+    ce, loss_bn = F.cross_entropy(logits, targets), bn.loss()
+    loss = ce + cfg.bn_weight * loss_bn + image_priors(x, cfg)
     if cfg.competition_weight:
         with frozen(student):
             loss = loss + cfg.competition_weight * competition_loss(logits, student(x * std + mean),
                                                                     cfg.competition_temperature)
-    return loss
+    return loss, ce, loss_bn
 
 
 def invert_batch(teacher: nn.Module, targets: torch.Tensor, config: DeepInversionConfig | None = None,
@@ -83,7 +85,8 @@ def invert_batch(teacher: nn.Module, targets: torch.Tensor, config: DeepInversio
         best, best_loss, losses = v.detach().clone(), float("inf"), []
         every = log_every(cfg.iterations)
         for it in tqdm(range(cfg.iterations), disable=not progress, desc="DeepInversion", leave=False):
-            loss = inversion_loss(teacher, student, jitter_flip(v, gen, cfg.jitter, cfg.flip), targets, bn, cfg, mean, std)
+            xj = jitter_flip(v, gen, cfg.jitter, cfg.flip)
+            loss, ce, loss_bn = inversion_loss(teacher, student, xj, targets, bn, cfg, mean, std)
             lv = loss.item()
             if lv < best_loss:        # the reference keeps the lowest-loss batch
                 best_loss, best = lv, v.detach().clone()

@@ -203,7 +203,8 @@ def invert_batch(teacher: nn.Module, targets: torch.Tensor, config: NaturalInver
         for it in tqdm(range(cfg.iterations), disable=not progress, desc="NaturalInversion", leave=False):
             x = net(gen)
             x_keep = x.detach()
-            loss = inversion_loss(teacher, student, jitter_flip(x, gen, cfg.jitter, cfg.flip), targets, bn, cfg, mean, std)
+            xj = jitter_flip(x, gen, cfg.jitter, cfg.flip)
+            loss, ce, loss_bn = inversion_loss(teacher, student, xj, targets, bn, cfg, mean, std)
             lv = loss.item()
             if lv < best_loss:           # kept like the reference's best_inputs (before the 2nd jitter)
                 best_loss, best = lv, x_keep.clone()
