@@ -37,6 +37,17 @@ TileView tile_view(const TileGrid& g, int64_t t, const int32_t* isect_offsets, i
     return v;
 }
 
+// The splats of a tile are scattered over the per-Gaussian arrays (depth order): their data is fetched
+// kPrefetch intersections ahead, so that the loads of big scenes do not wait on memory.
+constexpr int kPrefetch = 8;
+template <typename T>
+inline void prefetch_splat(int64_t gid, int D, const T* means2d, const T* conics, const T* colors, const T* opacities) {
+    __builtin_prefetch(means2d + gid * 2);
+    __builtin_prefetch(conics + gid * 3);
+    __builtin_prefetch(colors + gid * D);
+    __builtin_prefetch(opacities + gid);
+}
+
 // Rows [r0, r1] of the tile that the splat can reach with alpha >= 1/255; r0 > r1 when none.
 template <typename T> void reachable_rows(const T conic[3], T opacity, T my, const TileView& tv, int& r0, int& r1) {
     r0 = 0;
@@ -145,6 +156,7 @@ void rasterize_fwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* c
             for (int r = 0; r < TS; ++r) row_live[r] = r < tv.h ? tv.w : 0;
             int active = tv.w * tv.h;
             for (int64_t k = tv.start; k < tv.end && active > 0; ++k) {
+                if (k + kPrefetch < tv.end) prefetch_splat(flatten_ids[k + kPrefetch], D, means2d, conics, colors, opacities);
                 const int64_t gid = flatten_ids[k];
                 const T mx = means2d[gid * 2], my = means2d[gid * 2 + 1];
                 const T conic[3] = {conics[gid * 3], conics[gid * 3 + 1], conics[gid * 3 + 2]};
@@ -293,6 +305,7 @@ void rasterize_bwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* c
             }
             // Back to front from the last splat any pixel blended, undoing the transmittance as we go.
             for (int64_t k = k_max; k >= tv.start; --k) {
+                if (k - kPrefetch >= tv.start) prefetch_splat(flatten_ids[k - kPrefetch], D, means2d, conics, colors, opacities);
                 const int64_t gid = flatten_ids[k];
                 const T mx = means2d[gid * 2], my = means2d[gid * 2 + 1];
                 const T conic[3] = {conics[gid * 3], conics[gid * 3 + 1], conics[gid * 3 + 2]};
