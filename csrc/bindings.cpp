@@ -6,6 +6,7 @@
 
 void register_splat(pybind11::module_& m);      // csrc/splat/splat_ops.cpp
 void register_attention(pybind11::module_& m);  // csrc/attention/attention_ops.cpp
+void register_loss(pybind11::module_& m);       // csrc/loss/ssim_cpu.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "gsplat_kit native kernels (C++ CPU, and CUDA when compiled in)";
@@ -19,4 +20,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     });
     register_splat(m);
     register_attention(m);
+    register_loss(m);
 }

@@ -42,6 +42,38 @@ def test_fast_ssim_matches_full_window():
         assert torch.allclose(_blur_conv(a, w, pad), _blur_shifted(a, w.tolist(), pad), atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 37, 45), (1, 3, 9, 7), (1, 1, 64, 23)])
+def test_native_ssim_matches_torch_path(shape):
+    """The CPU kernel (csrc/loss/ssim_cpu.cpp) against the torch path: the map, and the gradient to the
+    render by float64 gradcheck and against autograd through the torch ops (images smaller than the
+    window included)."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.rand(shape, generator=g, dtype=torch.float64)
+    b = (a + 0.2 * torch.randn(shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    for reduce in (True, False):
+        assert torch.allclose(ssim(a, b, reduce=reduce, impl="native"), ssim(a, b, reduce=reduce, impl="torch"), atol=1e-12)
+    x = a.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: ssim(t, b, reduce=False, impl="native"), (x,))
+    w = torch.rand(shape[0], generator=g, dtype=torch.float64)  # a non-uniform upstream gradient
+    (gn,) = torch.autograd.grad((ssim(x, b, reduce=False, impl="native") * w).sum(), x)
+    (gt,) = torch.autograd.grad((ssim(x, b, reduce=False, impl="torch") * w).sum(), x)
+    assert torch.allclose(gn, gt, atol=1e-12) and gn.abs().sum() > 0
+    # float32 (the training path) agrees too
+    a32, b32 = a.float().requires_grad_(), b.float()
+    (g32,) = torch.autograd.grad(ssim(a32, b32, impl="native"), a32)
+    (g64,) = torch.autograd.grad(ssim(x, b, impl="torch"), x)
+    assert (g32.double() - g64).abs().max() <= 1e-5 * g64.abs().max()
+
+
+def test_ssim_picks_the_native_kernel_on_the_cpu():
+    a = torch.rand(1, 3, 16, 16, requires_grad=True)
+    b = torch.rand(1, 3, 16, 16)
+    native = lambda out: type(out.grad_fn.next_functions[0][0]).__name__ == "_NativeSSIMBackward"  # noqa: E731
+    assert native(ssim(a, b)) and not native(ssim(a, b, padding="valid"))
+    with pytest.raises(ValueError, match="native kernel"):
+        ssim(a, b, padding="valid", impl="native")
+
+
 def test_photometric_loss_and_gradient():
     g = torch.Generator().manual_seed(1)
     t = torch.rand(1, 20, 24, 3, generator=g)

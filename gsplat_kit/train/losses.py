@@ -1,4 +1,6 @@
-"""Photometric losses: L1 and a fast SSIM (separable Gaussian window, all five moments in one conv)."""
+"""Photometric losses: L1 and a fast SSIM (separable Gaussian window). On the CPU the SSIM map and its
+gradient come from the native kernel (csrc/loss/ssim_cpu.cpp); the torch path here is its reference and
+the GPU path."""
 from __future__ import annotations
 
 import math
@@ -37,20 +39,52 @@ def _blur_conv(x: torch.Tensor, g: torch.Tensor, pad: int) -> torch.Tensor:
     return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, k, 1), padding=(pad, 0), groups=c)
 
 
+class _NativeSSIM(torch.autograd.Function):
+    """The SSIM map by the CPU kernel; the gradient flows to img1 (the render) only."""
+
+    @staticmethod
+    def forward(ctx, img1, img2, window):
+        from gsplat_kit import _backend
+
+        smap, moments = _backend.load().ssim_forward(img1, img2, window)
+        ctx.save_for_backward(img1, img2, window, moments)
+        return smap
+
+    @staticmethod
+    def backward(ctx, grad):
+        from gsplat_kit import _backend
+
+        img1, img2, window, moments = ctx.saved_tensors
+        return _backend.load().ssim_backward(img1, img2, window, moments, grad), None, None
+
+
+def _native_ok(img1: torch.Tensor, img2: torch.Tensor, padding: str) -> bool:
+    return (padding == "same" and img1.device.type == "cpu" and img2.device.type == "cpu" and not img2.requires_grad
+            and img1.dtype in (torch.float32, torch.float64) and img2.dtype == img1.dtype)
+
+
 def ssim(img1: torch.Tensor, img2: torch.Tensor, window_size: int = 11, sigma: float = 1.5,
-         padding: str = "same", reduce: bool = True) -> torch.Tensor:
+         padding: str = "same", reduce: bool = True, impl: str = "auto") -> torch.Tensor:
     """SSIM (Wang et al. 2004) with an 11x11 Gaussian window (sigma 1.5), images [B, C, H, W] in [0, 1].
 
     The 2D Gaussian window is separable, so the five local moments (mu_x, mu_y, E[x^2], E[y^2], E[xy])
     are filtered with two 1D passes over one stacked tensor: O(k) instead of O(k^2) per pixel (shifted
     sums on the CPU, depthwise convolutions on a GPU). padding="same" zero-pads like the 3DGS code;
-    "valid" drops the border instead.
+    "valid" drops the border instead. impl: "auto" takes the native CPU kernel where it applies (CPU,
+    "same" padding, no gradient wanted for img2), "torch" forces this function's own ops.
     """
     if img1.shape != img2.shape or img1.dim() != 4:
         raise ValueError(f"ssim expects two [B, C, H, W] tensors of one shape, got {list(img1.shape)} and {list(img2.shape)}")
+    if impl not in ("auto", "native", "torch"):
+        raise ValueError(f"ssim: impl must be 'auto', 'native' or 'torch', got {impl!r}")
+    g = _gauss_1d(window_size, sigma, img1.device, img1.dtype)
+    if impl == "native" or (impl == "auto" and _native_ok(img1, img2, padding)):
+        if not _native_ok(img1, img2, padding):
+            raise ValueError("ssim: the native kernel takes CPU float images, padding='same', no gradient for img2")
+        smap = _NativeSSIM.apply(img1, img2, g)
+        return smap.mean() if reduce else smap.mean(dim=(1, 2, 3))
     C1, C2 = 0.01 ** 2, 0.03 ** 2
     C = img1.shape[1]
-    g = _gauss_1d(window_size, sigma, img1.device, img1.dtype)
     x = torch.cat([img1, img2, img1 * img1, img2 * img2, img1 * img2], dim=1)       # [B, 5C, H, W]
     pad = window_size // 2 if padding == "same" else 0
     x = _blur_conv(x, g, pad) if x.is_cuda else _blur_shifted(x, g.tolist(), pad)
