@@ -110,9 +110,7 @@ void softmax_rows(float* S, int nrows, int K, int ld) {
             simd::store(s + c * kVF, e);
             sv += e;
         }
-        float sum = 0;
-        for (int l = 0; l < kVF; ++l) sum += sv[l];
-        const float inv = 1.f / sum;
+        const float inv = 1.f / simd::sum(sv);
         for (int c = 0; c < nv; ++c) simd::store(s + c * kVF, simd::load(s + c * kVF) * inv);
     }
 }
