@@ -46,7 +46,7 @@ bench: build
 	$(PY) scripts/bench_viewer.py
 	$(PY) scripts/bench_sfm.py
 	$(PY) scripts/bench_train.py --device $(BENCH_DEVICE) $(BENCH_TRAIN_ARGS)
-	$(PY) scripts/bench_attention.py --device $(BENCH_DEVICE)
+	$(PY) scripts/bench_attention.py --plain --device $(BENCH_DEVICE)
 	$(PY) scripts/bench_synth.py --device $(BENCH_DEVICE)
 
 clean:

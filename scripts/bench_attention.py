@@ -164,6 +164,45 @@ def peak_memory(case, path, device):
     return float(out.stdout.strip().splitlines()[-1])
 
 
+PLAIN_SHAPES = {  # name: (Q, K, D): SD-1.5 layers with no edit (2 prompts x CFG = 4 elements x 8 heads)
+    "self-4096": (4096, 4096, 40),
+    "self-1024": (1024, 1024, 80),
+    "cross-4096": (4096, 77, 40),
+}
+
+
+def plain_layers(device, repeats):
+    """Plain attention (no edit, nothing stored): this kernel called directly vs torch's SDPA and the torch ops.
+    gsplat_kit.edit.kernel.fused_attention hands such layers to SDPA from SDPA_MIN_KEYS keys on (and on GPUs)."""
+    from gsplat_kit import _backend
+
+    _C = _backend.load()
+    B = 2 * P
+    print(f"plain layers ({device}): {'layer':<11} {'kernel ms':>10} {'sdpa ms':>8} {'torch ops ms':>13}")
+    for name, (Q, K, D) in PLAIN_SHAPES.items():
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(B * H, n, D, generator=g).to(device) for n in (Q, K, K))
+        fns = {
+            "kernel": lambda: _C.attention_forward(q, k, v, H, D ** -0.5, [-1] * B, [-1] * B),
+            "sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(
+                q.view(B, H, Q, D), k.view(B, H, K, D), v.view(B, H, K, D)),
+            "ops": lambda: torch.bmm(torch.baddbmm(torch.empty(B * H, Q, K, device=device), q, k.transpose(1, 2), beta=0,
+                                                   alpha=D ** -0.5).softmax(-1), v),
+        }
+        best = {}
+        for key, fn in fns.items():
+            fn()
+            ts = []
+            for _ in range(repeats):
+                sync(device)
+                t = time.perf_counter()
+                fn()
+                sync(device)
+                ts.append(time.perf_counter() - t)
+            best[key] = min(ts) * 1e3
+        print(f"{'':22}{name:<11} {best['kernel']:>10.1f} {best['sdpa']:>8.1f} {best['ops']:>13.1f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
@@ -171,6 +210,7 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for both paths (default: torch's)")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--plain", action="store_true", help="also time plain (unedited) layers against torch's SDPA")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)  # also OpenMP's, which the kernel uses
@@ -189,6 +229,8 @@ def main():
                    median_speedup=tmed["torch"] / tmed["fused"], torch_mib=m_t, fused_mib=m_f, max_abs_diff=err)
         rows.append(row)
         print(f"{case:<12} {row['torch_ms']:9.1f} {row['fused_ms']:9.1f} {row['speedup']:7.2f}x {row['median_speedup']:8.2f}x {m_t:10.1f} {m_f:10.1f} {err:10.2e}")
+    if args.plain:
+        plain_layers(args.device, args.repeats)
     if args.json:
         with open(args.json + ".tmp", "w") as f:
             json.dump(rows, f, indent=1)

@@ -135,6 +135,23 @@ def test_peaked_rows(scale):
     assert torch.isfinite(out_f).all() and (out_f - out_r).abs().max() <= 1e-5 * out_r.abs().max()
 
 
+def test_plain_layers_over_many_keys_take_sdpa(monkeypatch):
+    """Nothing edited, nothing stored, K >= SDPA_MIN_KEYS: torch's SDPA computes the layer (same result)."""
+    import gsplat_kit.edit.kernel as kernel
+
+    q, k, v = _qkv(2, 40, kernel.SDPA_MIN_KEYS, 8, 8, seed=4)
+    calls = []
+    real = kernel.F.scaled_dot_product_attention
+    monkeypatch.setattr(kernel.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    out = fused_attention(q, k, v, 0.3, H, None)
+    assert calls and (out - reference_attention(q, k, v, 0.3, H, None)).abs().max() <= 1e-5
+    st = torch.zeros(1, 40, kernel.SDPA_MIN_KEYS)  # a store makes the layer the kernel's again
+    plan = _plan("plain", 2, 1, store=st)
+    calls.clear()
+    fused_attention(q, k, v, 0.3, H, plan)
+    assert not calls and st.abs().sum() > 0
+
+
 def test_matches_diffusers_attn_processor():
     """With no edit, the fused processor path == diffusers' default AttnProcessor on a real Attention layer."""
     from diffusers.models.attention_processor import Attention, AttnProcessor

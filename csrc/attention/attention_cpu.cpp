@@ -232,7 +232,7 @@ template <typename T> void attention_fwd_cpu(const AttnArgs<T>& a) {
     const int heads_per_unit = a.store ? H : 1;
     const int64_t min_blocks = a.store ? 4 * int64_t(omp_get_max_threads()) : 1;
     const int64_t budget = (1024 * 1024) / (int64_t(sizeof(T)) * ldS * (n_src + 2));
-    const int QB = int(std::clamp<int64_t>(std::min(budget, (Q + min_blocks - 1) / min_blocks), 16, 512));
+    const int QB = int(std::clamp<int64_t>(std::min(budget, (Q + min_blocks - 1) / min_blocks), 64, 512));
     const int n_blocks = (Q + QB - 1) / QB, units_per_block = H / heads_per_unit;
 
 #pragma omp parallel

@@ -5,6 +5,7 @@ store, the post-edit maps summed over heads are added to it in place."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .plan import LayerPlan
 
@@ -56,6 +57,13 @@ def reference_attention(q, k, v, scale: float, heads: int, plan: LayerPlan | Non
     return torch.bmm(probs, v)
 
 
+# A layer with nothing edited and nothing stored is plain attention. Over many keys (SD's 64x64
+# self-attention) torch's SDPA, a flash-attention kernel that streams key/value blocks with an online
+# softmax, is the faster one (4096 x 4096, head dim 40, 2 CPU cores: 378 vs 431 ms); at cross-attention's
+# 77 keys this kernel is (9.8 vs 16.6 ms). On a GPU, SDPA's flash kernels take every plain layer.
+SDPA_MIN_KEYS = 2048
+
+
 def fused_attention(q, k, v, scale: float, heads: int, plan: LayerPlan | None = None):
     from gsplat_kit import _backend
 
@@ -68,6 +76,11 @@ def fused_attention(q, k, v, scale: float, heads: int, plan: LayerPlan | None = 
     q, k, v = (x.to(work).contiguous() for x in (q, k, v))
     if plan is None:
         plan = LayerPlan.identity(B)
+    if not plan.active and (q.is_cuda or K >= SDPA_MIN_KEYS):
+        D, Dv = q.shape[-1], v.shape[-1]
+        out = F.scaled_dot_product_attention(q.view(B, heads, Q, D), k.view(B, heads, K, D), v.view(B, heads, K, Dv),
+                                             scale=scale)
+        return out.reshape(BH, Q, Dv).to(dtype)
     plan.check(B, K)
     dev = q.device
     cols = None
