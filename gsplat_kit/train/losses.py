@@ -68,8 +68,8 @@ def ssim(img1: torch.Tensor, img2: torch.Tensor, window_size: int = 11, sigma: f
     """SSIM (Wang et al. 2004) with an 11x11 Gaussian window (sigma 1.5), images [B, C, H, W] in [0, 1].
 
     The 2D Gaussian window is separable, so the five local moments (mu_x, mu_y, E[x^2], E[y^2], E[xy])
-    are filtered with two 1D passes over one stacked tensor: O(k) instead of O(k^2) per pixel (shifted
-    sums on the CPU, depthwise convolutions on a GPU). padding="same" zero-pads like the 3DGS code;
+    are filtered with two 1D passes over one stacked tensor: O(k) instead of O(k^2) per pixel (the native
+    kernel or shifted sums on the CPU, depthwise convolutions on a GPU). padding="same" zero-pads like the 3DGS code;
     "valid" drops the border instead. impl: "auto" takes the native CPU kernel where it applies (CPU,
     "same" padding, no gradient wanted for img2), "torch" forces this function's own ops.
     """
