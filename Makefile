@@ -6,7 +6,7 @@ SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -na
 BUILT   := gsplat_kit/_build_info.json
 PYTEST_ARGS ?=
 
-.PHONY: setup build demo test bench clean browser
+.PHONY: setup build demo test test-portable bench clean browser
 
 setup: build
 
@@ -35,6 +35,17 @@ demo: build
 
 test: build browser
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+	$(MAKE) test-portable
+
+# The CPU kernels' SIMD loops at another vector width than this machine's: a copy of the committed tree
+# built for AVX2 (CPU kernels only), and the kernel tests run against it.
+PORTABLE_DIR := build/portable
+test-portable: build
+	rm -rf $(PORTABLE_DIR) && mkdir -p $(PORTABLE_DIR)
+	git archive HEAD | tar -x -C $(PORTABLE_DIR)
+	cd $(PORTABLE_DIR) && GSPLAT_KIT_NO_CUDA=1 GSPLAT_KIT_MARCH=x86-64-v3 $(CURDIR)/$(PY) setup.py -q build_ext --inplace
+	cd $(PORTABLE_DIR) && $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider tests/test_render_rasterization.py \
+		tests/test_edit_kernel.py tests/test_train_losses.py
 
 # The GPU when one is visible (`make bench BENCH_DEVICE=cpu` for the CPU kernels there); the viewer
 # benchmark measures every device it finds.

@@ -73,9 +73,10 @@ def make_extension():
     cu = [f for f in files if f.endswith(".cu")]
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
     # The CPU kernels vectorise over a tile row; let the compiler use this machine's widest SIMD
-    # (GSPLAT_KIT_PORTABLE=1 builds for any x86-64 instead, e.g. for a binary shipped elsewhere).
+    # (GSPLAT_KIT_PORTABLE=1 builds for any x86-64 instead, e.g. for a binary shipped elsewhere;
+    # GSPLAT_KIT_MARCH picks another target, e.g. x86-64-v3 for AVX2).
     if os.environ.get("GSPLAT_KIT_PORTABLE", "0") in ("", "0"):
-        cxx.append("-march=native")
+        cxx.append("-march=" + os.environ.get("GSPLAT_KIT_MARCH", "native"))
     define = [("GSPLAT_KIT_WITH_CUDA", "1" if cuda else "0")]
     if cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("GSPLAT_KIT_CUDA_ARCH", DEFAULT_CUDA_ARCH))
