@@ -44,6 +44,7 @@ test-portable: build
 	rm -rf $(PORTABLE_DIR) && mkdir -p $(PORTABLE_DIR)
 	git archive HEAD | tar -x -C $(PORTABLE_DIR)
 	cd $(PORTABLE_DIR) && GSPLAT_KIT_NO_CUDA=1 GSPLAT_KIT_MARCH=x86-64-v3 $(CURDIR)/$(PY) setup.py -q build_ext --inplace
+	cd $(PORTABLE_DIR) && $(CURDIR)/$(PY) -c "import os, gsplat_kit; assert gsplat_kit.__file__.startswith(os.getcwd()), gsplat_kit.__file__"
 	cd $(PORTABLE_DIR) && $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider tests/test_render_rasterization.py \
 		tests/test_edit_kernel.py tests/test_train_losses.py
 
