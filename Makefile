@@ -37,12 +37,13 @@ test: build browser
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 	$(MAKE) test-portable
 
-# The CPU kernels' SIMD loops at another vector width than this machine's: a copy of the committed tree
+# The CPU kernels' SIMD loops at another vector width than this machine's: a copy of the source tree
 # built for AVX2 (CPU kernels only), and the kernel tests run against it.
 PORTABLE_DIR := build/portable
 test-portable: build
 	rm -rf $(PORTABLE_DIR) && mkdir -p $(PORTABLE_DIR)
-	git archive HEAD | tar -x -C $(PORTABLE_DIR)
+	tar -c --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./runs --exclude='*.so' \
+		--exclude=./gsplat_kit/_build_info.json . | tar -x -C $(PORTABLE_DIR)
 	cd $(PORTABLE_DIR) && GSPLAT_KIT_NO_CUDA=1 GSPLAT_KIT_MARCH=x86-64-v3 $(CURDIR)/$(PY) setup.py -q build_ext --inplace
 	cd $(PORTABLE_DIR) && $(CURDIR)/$(PY) -c "import os, gsplat_kit; assert gsplat_kit.__file__.startswith(os.getcwd()), gsplat_kit.__file__"
 	cd $(PORTABLE_DIR) && $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider tests/test_render_rasterization.py \
