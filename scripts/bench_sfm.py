@@ -7,8 +7,6 @@ against the known cameras, on the embedded demo scene and Strecha fountain-P11 (
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 import platform
 import sys
@@ -20,38 +18,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def fountain_gt(root):
-    out = {}
-    for f in sorted(glob.glob(os.path.join(root, "gt_dense_cameras", "*.camera"))):
-        out[os.path.basename(f).split(".")[0] + ".png"] = np.loadtxt(f, max_rows=8)[7]
-    return out
-
-
-def demo_gt(root):
-    with open(os.path.join(root, "cameras_gt.json")) as fh:
-        gt = json.load(fh)
-    out = {}
-    for fr in gt["frames"]:
-        m = np.array(fr["world_to_camera"])
-        out[os.path.basename(fr["file"])] = -m[:3, :3].T @ m[:3, 3]
-    return out
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=-1)
     p.add_argument("--out", default=None, help="where the models go (default: a temporary folder)")
     args = p.parse_args(argv)
     from gsplat_kit.scene import read_model
-    from gsplat_kit.sfm import align_centres, model_centres, run_sfm
+    from gsplat_kit.sfm import align_centres, json_centres, model_centres, run_sfm, strecha_centres
 
     fountain = os.path.join(ROOT, "..", "shared", "data", "strecha_fountain_p11")
     demo = os.path.join(ROOT, "data", "demo_scene")
-    cases = [("demo_scene (30 x 256x192)", os.path.join(demo, "images"), demo_gt(demo), "exhaustive"),
-             ("demo_scene sequential", os.path.join(demo, "images"), demo_gt(demo), "sequential")]
+    demo_gt = json_centres(os.path.join(demo, "cameras_gt.json"))
+    cases = [("demo_scene (30 x 256x192)", os.path.join(demo, "images"), demo_gt, "exhaustive"),
+             ("demo_scene sequential", os.path.join(demo, "images"), demo_gt, "sequential")]
     if os.path.isdir(fountain):
         cases.append(("fountain-P11 images_25 (11 x 768x512)", os.path.join(fountain, "images_25"),
-                      fountain_gt(fountain), "exhaustive"))
+                      strecha_centres(fountain), "exhaustive"))
     base = args.out or tempfile.mkdtemp(prefix="bench_sfm_")
     rows = []
     for i, (name, images, gt, matcher) in enumerate(cases):

@@ -6,7 +6,6 @@ the error cases ~2 s.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -16,31 +15,14 @@ import pytest
 from PIL import Image
 
 from gsplat_kit.scene import load_scene, read_model
-from gsplat_kit.sfm import SfMError, align_centres, model_centres, run_sfm, umeyama
+from gsplat_kit.sfm import (SfMError, align_centres, json_centres, model_centres, run_sfm, strecha_centres,
+                            umeyama)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data")
 FOUNTAIN = os.path.join(DATA, "strecha_fountain_p11")
 DEMO = os.path.join(ROOT, "data", "demo_scene")
-
-
-def _fountain_gt_centres() -> dict[str, np.ndarray]:
-    """gt_dense_cameras/NNNN.jpg.camera: K (3 rows), 0 0 0, R camera-to-world (3 rows), the centre."""
-    out = {}
-    for f in sorted(glob.glob(os.path.join(FOUNTAIN, "gt_dense_cameras", "*.camera"))):
-        rows = np.loadtxt(f, max_rows=8)
-        out[os.path.basename(f).split(".")[0] + ".png"] = rows[7]
-    return out
-
-
-def _demo_gt_centres() -> dict[str, np.ndarray]:
-    with open(os.path.join(DEMO, "cameras_gt.json")) as fh:
-        gt = json.load(fh)
-    out = {}
-    for fr in gt["frames"]:
-        w2c = np.array(fr["world_to_camera"])
-        out[os.path.basename(fr["file"])] = -w2c[:3, :3].T @ w2c[:3, 3]
-    return out
+DEMO_GT = os.path.join(DEMO, "cameras_gt.json")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +58,7 @@ def test_fountain_registers_all_and_matches_ground_truth(fountain_sfm):
         assert json.load(fh)["num_registered"] == 11
     model = read_model(os.path.join(out, "sparse", "0"))
     assert all(c.model == "PINHOLE" for c in model.cameras.values())  # undistorted for training
-    gt, est = _fountain_gt_centres(), model_centres(model)
+    gt, est = strecha_centres(FOUNTAIN), model_centres(model)
     names = sorted(gt)
     assert sorted(est) == names
     r = align_centres(np.stack([est[n] for n in names]), np.stack([gt[n] for n in names]))
@@ -97,7 +79,7 @@ def test_demo_scene_registers_all_views(demo_sfm):
     assert n_photos >= 24
     assert summary["num_registered"] == summary["num_images"] == n_photos, summary
     assert summary["num_points"] > 500, summary
-    gt, est = _demo_gt_centres(), model_centres(read_model(os.path.join(out, "sparse", "0")))
+    gt, est = json_centres(DEMO_GT), model_centres(read_model(os.path.join(out, "sparse", "0")))
     names = sorted(gt)
     assert sorted(est) == names
     r = align_centres(np.stack([est[n] for n in names]), np.stack([gt[n] for n in names]))
@@ -161,7 +143,7 @@ def test_sequential_matcher_on_video_like_frames(tmp_path):
     assert summary["matcher"] == "sequential" and summary["num_registered"] == 14, summary
     assert sorted(os.listdir(out / "images")) == names
     assert not os.path.exists(out / ".sfm_work")
-    gt, est = _demo_gt_centres(), model_centres(read_model(str(out / "sparse" / "0")))
+    gt, est = json_centres(DEMO_GT), model_centres(read_model(str(out / "sparse" / "0")))
     r = align_centres(np.stack([est[n] for n in names]), np.stack([gt[n] for n in names]))
     assert r["max_error"] < 0.05, r["errors"]
 

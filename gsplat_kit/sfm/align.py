@@ -1,6 +1,10 @@
 """Comparing an SfM result with known cameras: camera centres and a similarity (Umeyama) alignment."""
 from __future__ import annotations
 
+import glob
+import json
+import os
+
 import numpy as np
 
 
@@ -36,3 +40,24 @@ def align_centres(est: np.ndarray, gt: np.ndarray) -> dict:
 def model_centres(model) -> dict[str, np.ndarray]:
     """Camera centres (world) by image name from a gsplat_kit.scene.colmap.Model."""
     return {im.name: -im.rotation().T @ im.tvec for im in model.images.values()}
+
+
+def strecha_centres(folder: str) -> dict[str, np.ndarray]:
+    """Known camera centres of a Strecha et al. capture, keyed like its .png images: each
+    gt_dense_cameras/NNNN.jpg.camera holds K (3 rows), 0 0 0, R camera-to-world (3 rows), the centre."""
+    out = {}
+    for f in sorted(glob.glob(os.path.join(folder, "gt_dense_cameras", "*.camera"))):
+        out[os.path.basename(f).split(".")[0] + ".png"] = np.loadtxt(f, max_rows=8)[7]
+    return out
+
+
+def json_centres(path: str) -> dict[str, np.ndarray]:
+    """Known camera centres from a cameras_gt.json (frames of file + 4x4 world_to_camera, as
+    scripts/make_demo_scene.py writes for data/demo_scene), keyed by image file name."""
+    with open(path) as fh:
+        gt = json.load(fh)
+    out = {}
+    for fr in gt["frames"]:
+        w2c = np.array(fr["world_to_camera"])
+        out[os.path.basename(fr["file"])] = -w2c[:3, :3].T @ w2c[:3, 3]
+    return out
