@@ -48,6 +48,16 @@ void blur_plane(const T* __restrict in, T* __restrict tmp, T* __restrict out, in
 
 constexpr double kC1 = 0.01 * 0.01, kC2 = 0.03 * 0.03;
 
+// A, B, C, D of the header comment at element i of the moments ([5][N]: mu1, mu2, e11, e22, e12).
+template <typename T> struct SsimTerms {
+    T mu1, mu2, A, B, C, D;
+};
+template <typename T> inline SsimTerms<T> ssim_terms(const T* m, int64_t N, int64_t i) {
+    const T mu1 = m[i], mu2 = m[N + i];
+    const T s11 = m[2 * N + i] - mu1 * mu1, s22 = m[3 * N + i] - mu2 * mu2, s12 = m[4 * N + i] - mu1 * mu2;
+    return {mu1, mu2, 2 * mu1 * mu2 + T(kC1), 2 * s12 + T(kC2), mu1 * mu1 + mu2 * mu2 + T(kC1), s11 + s22 + T(kC2)};
+}
+
 void check_images(const Tensor& x, const Tensor& y, const Tensor& g) {
     TORCH_CHECK(x.dim() == 4 && x.sizes() == y.sizes(), "ssim: two [B, C, H, W] images of one shape expected, got ",
                 x.sizes(), " and ", y.sizes());
@@ -82,9 +92,8 @@ void ssim_forward_impl(const T* xs, const T* ys, const T* g, int k, int64_t plan
         }
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < N; ++i) {
-            const T mu1 = m[i], mu2 = m[N + i];
-            const T s11 = m[2 * N + i] - mu1 * mu1, s22 = m[3 * N + i] - mu2 * mu2, s12 = m[4 * N + i] - mu1 * mu2;
-            smap[i] = ((2 * mu1 * mu2 + T(kC1)) * (2 * s12 + T(kC2))) / ((mu1 * mu1 + mu2 * mu2 + T(kC1)) * (s11 + s22 + T(kC2)));
+            const SsimTerms<T> s = ssim_terms(m, N, i);
+            smap[i] = (s.A * s.B) / (s.C * s.D);
         }
     }
 }
@@ -98,14 +107,11 @@ void ssim_backward_impl(const T* xs, const T* ys, const T* g, int k, int64_t pla
     {
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < N; ++i) {  // G dS/dmu1, G dS/de11, G dS/de12
-            const T mu1 = m[i], mu2 = m[N + i];
-            const T s11 = m[2 * N + i] - mu1 * mu1, s22 = m[3 * N + i] - mu2 * mu2, s12 = m[4 * N + i] - mu1 * mu2;
-            const T A = 2 * mu1 * mu2 + T(kC1), B = 2 * s12 + T(kC2);
-            const T C = mu1 * mu1 + mu2 * mu2 + T(kC1), D = s11 + s22 + T(kC2);
-            const T CD = C * D, S = A * B / CD;
-            t[i] = G[i] * (2 * mu2 * (B - A) / CD - 2 * mu1 * S * (T(1) / C - T(1) / D));
-            t[N + i] = G[i] * (-S / D);
-            t[2 * N + i] = G[i] * (2 * A / CD);
+            const SsimTerms<T> s = ssim_terms(m, N, i);
+            const T CD = s.C * s.D, S = s.A * s.B / CD;
+            t[i] = G[i] * (2 * s.mu2 * (s.B - s.A) / CD - 2 * s.mu1 * S * (T(1) / s.C - T(1) / s.D));
+            t[N + i] = G[i] * (-S / s.D);
+            t[2 * N + i] = G[i] * (2 * s.A / CD);
         }
         std::vector<T> tmp(P), blurred(P);
 #pragma omp for schedule(dynamic, 1)
