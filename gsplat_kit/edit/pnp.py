@@ -29,17 +29,17 @@ class PnPError(ValueError):
     """A Plug-and-Play setting does not fit the model."""
 
 
-def _sources_at(inversion: inv.InversionResult, sched, n: int) -> list:
-    """The inversion latent at the noise level of each of the n sampling timesteps (the source branch).
-    The inversion's own timesteps must include them (an inversion with a multiple of n steps does)."""
+def _sources_at(inversion: inv.InversionResult, timesteps) -> list:
+    """The inversion latent at the noise level of each sampling timestep (the source branch). The
+    inversion's own timesteps must include them (an inversion with as many steps does, or with 1000)."""
     traj, ts = inversion.trajectory, [int(t) for t in inversion.timesteps]
     at_level = {t: traj[len(ts) - j] for j, t in enumerate(ts)}  # traj[k]: the level of timestep ts[N - k]
-    sched.set_timesteps(n)
-    missing = [int(t) for t in sched.timesteps if int(t) not in at_level]
+    missing = [int(t) for t in timesteps if int(t) not in at_level]
     if missing:
-        raise PnPError(f"the inversion has {len(ts)} steps, whose timesteps do not include the {n} sampling steps' "
-                       f"(e.g. t={missing[0]}): invert with {n} steps, or with 1000 as pnp-diffusers does")
-    return [at_level[int(t)] for t in sched.timesteps]
+        raise PnPError(f"the inversion has {len(ts)} steps, whose timesteps do not include the {len(timesteps)} "
+                       f"sampling steps' (e.g. t={missing[0]}): invert with {len(timesteps)} steps, or with 1000 as "
+                       f"pnp-diffusers does")
+    return [at_level[int(t)] for t in timesteps]
 
 
 @dataclass
@@ -143,7 +143,8 @@ class PlugAndPlayPipeline:
         if inversion is None:
             inversion = inv.invert(self, image, inversion_prompt, method="ddim", num_inference_steps=inversion_steps or n,
                                    height=height, width=width, progress=progress)
-        sources = _sources_at(inversion, sched, n)
+        sched.set_timesteps(n)
+        sources = _sources_at(inversion, sched.timesteps)
         src_emb = inv.encode_prompt(self, inversion.prompt)
         cond, uncond = inv.encode_prompt(self, prompt), inv.encode_prompt(self, negative_prompt)
         emb = torch.cat([src_emb, uncond, cond])
@@ -164,7 +165,6 @@ class PlugAndPlayPipeline:
         try:
             register_attention_control(unet, ctrl, fused=self.fused)
             ctrl.latent_hw = hw
-            sched.set_timesteps(n)
             x = sources[0]
             for i, t in enumerate(tqdm(sched.timesteps, desc="Plug-and-Play", disable=not progress)):
                 step["i"] = i

@@ -78,9 +78,10 @@ def ssim(img1: torch.Tensor, img2: torch.Tensor, window_size: int = 11, sigma: f
     if impl not in ("auto", "native", "torch"):
         raise ValueError(f"ssim: impl must be 'auto', 'native' or 'torch', got {impl!r}")
     g = _gauss_1d(window_size, sigma, img1.device, img1.dtype)
-    if impl == "native" or (impl == "auto" and _native_ok(img1, img2, padding)):
-        if not _native_ok(img1, img2, padding):
-            raise ValueError("ssim: the native kernel takes CPU float images, padding='same', no gradient for img2")
+    native_ok = _native_ok(img1, img2, padding)
+    if impl == "native" and not native_ok:
+        raise ValueError("ssim: the native kernel takes CPU float images, padding='same', no gradient for img2")
+    if impl != "torch" and native_ok:
         smap = _NativeSSIM.apply(img1, img2, g)
         return smap.mean() if reduce else smap.mean(dim=(1, 2, 3))
     C1, C2 = 0.01 ** 2, 0.03 ** 2
