@@ -45,9 +45,10 @@ test-portable: build
 	tar -c --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./runs --exclude='*.so' \
 		--exclude=./gsplat_kit/_build_info.json . | tar -x -C $(PORTABLE_DIR)
 	cd $(PORTABLE_DIR) && GSPLAT_KIT_NO_CUDA=1 GSPLAT_KIT_MARCH=x86-64-v3 $(CURDIR)/$(PY) setup.py -q build_ext --inplace
-	cd $(PORTABLE_DIR) && $(CURDIR)/$(PY) -c "import os, gsplat_kit; assert gsplat_kit.__file__.startswith(os.getcwd()), gsplat_kit.__file__"
-	cd $(PORTABLE_DIR) && $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider tests/test_render_rasterization.py \
-		tests/test_edit_kernel.py tests/test_train_losses.py
+	cd $(PORTABLE_DIR) && PYTHONPATH=$(CURDIR)/$(PORTABLE_DIR) $(CURDIR)/$(PY) -c \
+		"import os, gsplat_kit; assert gsplat_kit.__file__.startswith(os.getcwd()), gsplat_kit.__file__"
+	cd $(PORTABLE_DIR) && PYTHONPATH=$(CURDIR)/$(PORTABLE_DIR) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
+		tests/test_render_rasterization.py tests/test_edit_kernel.py tests/test_train_losses.py
 
 # The GPU when one is visible (`make bench BENCH_DEVICE=cpu` for the CPU kernels there); the viewer
 # benchmark measures every device it finds.
@@ -59,6 +60,7 @@ bench: build
 	$(PY) scripts/bench_viewer.py
 	$(PY) scripts/bench_sfm.py
 	$(PY) scripts/bench_train.py --device $(BENCH_DEVICE) $(BENCH_TRAIN_ARGS)
+	$(PY) scripts/bench_loss.py
 	$(PY) scripts/bench_attention.py --plain --device $(BENCH_DEVICE)
 	$(PY) scripts/bench_synth.py --device $(BENCH_DEVICE)
 
