@@ -3,12 +3,17 @@
 Each verb lives beside the code it drives: a module with `register(subparsers)` that adds its parser
 and sets `func`. Those modules keep heavy imports (torch, diffusers) inside their handlers so that
 `--help` stays fast.
+
+Errors are handled here, once: bad input (a `UserError`, or an OSError about a path the user gave) is
+one line on stderr and exit 2; anything else is a bug and keeps its traceback (exit 1).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from gsplat_kit.common.errors import USER_OS_ERRORS, UserError, one_line
 
 # verb modules, in the order --help lists them
 _VERB_MODULES = [
@@ -20,8 +25,15 @@ _VERB_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one line (exit 2) like every other user error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gsplat-kit", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="gsplat-kit", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"gsplat_kit {__import__('gsplat_kit').__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     for name in _VERB_MODULES:
@@ -43,6 +55,9 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except (UserError, *USER_OS_ERRORS) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

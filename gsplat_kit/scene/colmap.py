@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gsplat_kit.common.errors import UserError
+
 # id -> (name, number of parameters), as in COLMAP's src/colmap/sensor/models.h
 CAMERA_MODELS = {
     0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5), 4: ("OPENCV", 8),
@@ -25,7 +27,7 @@ _SINGLE_FOCAL = {"SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "SIMPLE_RADIAL_FIS
 MODEL_IDS = {name: (i, n) for i, (name, n) in CAMERA_MODELS.items()}
 
 
-class ColmapError(ValueError):
+class ColmapError(UserError):
     """A COLMAP model that cannot be read or that contradicts itself."""
 
 

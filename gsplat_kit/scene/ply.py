@@ -13,12 +13,14 @@ import os
 import numpy as np
 import torch
 
+from gsplat_kit.common.errors import UserError
+
 _PLY_TYPES = {"float": "f4", "float32": "f4", "double": "f8", "float64": "f8", "uchar": "u1", "uint8": "u1",
               "char": "i1", "int8": "i1", "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
               "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4"}
 
 
-class PlyError(ValueError):
+class PlyError(UserError):
     """A .ply that is not a readable 3DGS file."""
 
 
