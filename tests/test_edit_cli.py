@@ -35,6 +35,15 @@ def photo(tmp_path_factory):
     return str(p)
 
 
+def exit_code(argv) -> int:
+    """`gsplat-kit argv`'s exit status: main's return value, or argparse's exit (bad options are refused
+    while the command line is parsed)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 def test_help_lists_verbs(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
@@ -106,6 +115,6 @@ def test_pnp(model_dir, photo, tmp_path):
 def test_bad_input(model_dir, tmp_path, capsys, argv, msg):
     if "--model" not in argv:
         argv = argv[:1] + ["--model", model_dir] + argv[1:]
-    rc = main(argv + ["--steps", "2", "--out", str(tmp_path / "o"), "--device", "cpu"])
+    rc = exit_code(argv + ["--steps", "2", "--out", str(tmp_path / "o"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and msg in err and "Traceback" not in err, err

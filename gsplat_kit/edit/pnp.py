@@ -7,25 +7,27 @@ latent at each timestep. During the first `pnp_f_t` of the steps the decoder's r
 (`feature_layers`, default up_blocks.1.resnets.1) of the translated branches are replaced by the
 source's, and during the first `pnp_attn_t` their self-attention queries and keys. The inversion may take
 finer steps than the sampling (`inversion_steps`; pnp-diffusers inverts with 1000): the source branch then
-takes the inversion latent at each sampling timestep. Injecting Q and K is injecting Q and K is
-injecting the self-attention map softmax(Q_s K_s^T / sqrt(d)), which the fused kernel does by routing
+takes the inversion latent at each sampling timestep. Injecting Q and K is injecting the
+self-attention map softmax(Q_s K_s^T / sqrt(d)), which the fused kernel does by routing
 (`src`), without computing the translated branches' maps at all. As in MichalGeyer/pnp-diffusers.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from gsplat_kit.common.errors import UserError
 
 from . import inversion as inv
 from .controllers import AttentionControl
 from .plan import LayerPlan
+from .processor import register_attention_control
+from .stable_diffusion import StableDiffusionBase, check_output_type
 
 
-class PnPError(ValueError):
+class PnPError(UserError):
     """A Plug-and-Play setting does not fit the model."""
 
 
@@ -96,45 +98,21 @@ def _resolve_modules(unet, names):
     return mods
 
 
-class PlugAndPlayPipeline:
+class PlugAndPlayPipeline(StableDiffusionBase):
     """Plug-and-Play on a Stable Diffusion 1.x / 2.x pipeline: `from_pipe(sd)` / `from_pretrained(path)`,
     then `pipe(image, prompt, ...)`."""
-
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, fused: bool = True):
-        self.vae, self.text_encoder, self.tokenizer, self.unet, self.scheduler = vae, text_encoder, tokenizer, unet, scheduler
-        self.fused = fused
-        inv.check_pipe(self)
-
-    @classmethod
-    def from_pipe(cls, pipe, **kw) -> "PlugAndPlayPipeline":
-        inv.check_pipe(pipe)
-        return cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, pipe.scheduler, **kw)
-
-    @classmethod
-    def from_pretrained(cls, path: str, torch_dtype=torch.float32, device=None, **kw) -> "PlugAndPlayPipeline":
-        if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "model_index.json")):
-            raise FileNotFoundError(f"weights path {path!r} is not a local diffusers pipeline folder (no model_index.json)")
-        from diffusers import StableDiffusionPipeline
-
-        sd = StableDiffusionPipeline.from_pretrained(path, dtype=torch_dtype, local_files_only=True, safety_checker=None,
-                                                     requires_safety_checker=False)
-        if device is not None:
-            sd = sd.to(device)
-        return cls.from_pipe(sd, **kw)
 
     @torch.no_grad()
     def __call__(self, image, prompt: str, negative_prompt: str = "", inversion_prompt: str = "",
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, pnp_f_t: float = 0.8,
                  pnp_attn_t: float = 0.5, feature_layers=("up_blocks.1.resnets.1",), attn_layers=None,
                  inversion: inv.InversionResult | None = None, inversion_steps: int | None = None, height=None,
-                 width=None, output_type: str = "pil", progress: bool = True) -> PnPOutput:
-        from .processor import register_attention_control
-
+                 width=None, output_type: str = "pil", progress: bool | None = None) -> PnPOutput:
+        progress = self.progress if progress is None else progress
         for name, v in (("pnp_f_t", pnp_f_t), ("pnp_attn_t", pnp_attn_t)):
             if not 0.0 <= v <= 1.0:
                 raise PnPError(f"{name} must be in [0, 1], got {v}")
-        if output_type not in ("pil", "np", "latent"):
-            raise PnPError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}")
+        check_output_type(output_type)
         unet = self.unet
         attn_names = _resolve_attn_layers(unet, attn_layers)
         feat_mods = _resolve_modules(unet, feature_layers)
@@ -145,9 +123,7 @@ class PlugAndPlayPipeline:
                                    height=height, width=width, progress=progress)
         sched.set_timesteps(n)
         sources = _sources_at(inversion, sched.timesteps)
-        src_emb = inv.encode_prompt(self, inversion.prompt)
-        cond, uncond = inv.encode_prompt(self, prompt), inv.encode_prompt(self, negative_prompt)
-        emb = torch.cat([src_emb, uncond, cond])
+        emb = self.encode_prompts([inversion.prompt, negative_prompt, prompt])  # [source, uncond, cond]
         feat_steps, attn_steps = int(n * pnp_f_t), int(n * pnp_attn_t)
 
         step = {"i": 0}
@@ -176,12 +152,4 @@ class PlugAndPlayPipeline:
             for h in handles:
                 h.remove()
             unet.set_attn_processor(original)
-        if output_type == "latent":
-            images = x
-        else:
-            images = inv.decode_latents(self, x)
-            if output_type == "pil":
-                from PIL import Image
-
-                images = [Image.fromarray((im * 255).round().astype(np.uint8)) for im in images]
-        return PnPOutput(images=images, latents=x, inversion=inversion)
+        return PnPOutput(images=self.output(x, output_type), latents=x, inversion=inversion)

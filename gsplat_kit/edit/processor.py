@@ -3,12 +3,15 @@ kernel (default) or the pure-PyTorch reference; plugged in with `unet.set_attn_p
 from __future__ import annotations
 
 import torch
+from diffusers import UNet2DConditionModel
+
+from gsplat_kit.common.errors import UserError
 
 from .controllers import AttentionControl, LayerInfo
 from .kernel import fused_attention, reference_attention
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(UserError):
     """The model is not a UNet whose attention layers this package can hook."""
 
 
@@ -73,8 +76,6 @@ class P2PAttnProcessor:
 
 def hookable_layers(unet) -> list[LayerInfo]:
     """The UNet's attention layers as LayerInfo; UnsupportedModelError for anything else."""
-    from diffusers import UNet2DConditionModel
-
     if not isinstance(unet, UNet2DConditionModel):
         raise UnsupportedModelError(
             f"Prompt-to-Prompt needs a diffusers UNet2DConditionModel (Stable Diffusion 1.x / 2.x), got {type(unet).__name__}")
@@ -111,8 +112,3 @@ def register_attention_control(unet, controller: AttentionControl | None, fused:
             controller.latent_hw = (s, s) if isinstance(s, int) else tuple(s)
     return layers
 
-
-def restore_default_processors(unet):
-    from diffusers.models.attention_processor import AttnProcessor
-
-    unet.set_attn_processor(AttnProcessor())
