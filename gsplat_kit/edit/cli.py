@@ -208,10 +208,17 @@ def _check_image(path: str):
 
 def _load_sd(args, dev, dtype):
     """The local Stable Diffusion at --model (never the hub), as a diffusers pipeline."""
+    import diffusers
     import torch
+    import transformers
 
     from .stable_diffusion import load_pretrained
 
+    # their loading notes and bars (e.g. "install accelerate") would bury the one line of a later error
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     pipe = load_pretrained(args.model, dtype, dev, what="--model")
     torch.manual_seed(args.seed)
     return pipe
@@ -280,6 +287,12 @@ def run_edit(args) -> int:
     sd = StableDiffusionBase.from_pipe(_load_sd(args, dev, dtype))
     p2p = Prompt2PromptPipeline.from_pipe(sd, fused=not args.no_fused)
     real = bool(args.image or args.inversion)
+    self_min = args.self_min_scale if args.self_min_scale is not None else (2 if real else 4)
+    lb_kw = {"threshold": args.blend_threshold, "map_scale": args.map_scale} if blend else None
+    # what can be wrong with the prompts, words and photo is found before the output folder is claimed
+    controller = p2p.make_controller(prompts, args.edit_type, args.steps, cross, self_steps, blend, eq_words, eq_vals,
+                                     lb_kw, self_min, (args.map_scale,))
+    x0 = sd.encode_image(args.image, args.height, args.width) if args.image else None
     settings = dict(verb="edit", prompts=prompts, edit_type=args.edit_type, cross_replace_steps=cross,
                     self_replace_steps=self_steps, blend_words=blend, blend_threshold=args.blend_threshold,
                     equalizer_words=eq_words, equalizer_strengths=eq_vals, num_inference_steps=args.steps,
@@ -292,23 +305,17 @@ def run_edit(args) -> int:
             p2p.scheduler = inv.ddim_scheduler(sd)  # the inversion's scheduler
             if res is None:
                 t0 = time.time()
-                res = inv.invert(sd, args.image, args.source, method=args.inversion_method, num_inference_steps=args.steps,
+                res = inv.invert(sd, x0, args.source, method=args.inversion_method, num_inference_steps=args.steps,
                                  guidance_scale=args.guidance, height=args.height, width=args.width)
                 settings["inversion_seconds"] = round(time.time() - t0, 2)
                 res.save(out / "inversion.pt")
             kw = dict(latents=res.latents.to(dev, dtype), uncond_embeddings=[u.to(dev, dtype) for u in res.uncond_embeddings])
             settings.update(image=args.image, inversion=args.inversion, inversion_method=res.method)
-        self_min = args.self_min_scale if args.self_min_scale is not None else (2 if real else 4)
-        settings["self_min_scale"] = self_min
-        lb_kw = {"threshold": args.blend_threshold, "map_scale": args.map_scale} if blend else None
-        settings["map_scale"] = args.map_scale
+        settings.update(self_min_scale=self_min, map_scale=args.map_scale)
         gen = torch.Generator().manual_seed(args.seed)
         t0 = time.time()
-        result = p2p(prompts, edit_type=args.edit_type, cross_replace_steps=cross, self_replace_steps=self_steps,
-                     blend_words=blend, equalizer_words=eq_words, equalizer_strengths=eq_vals,
-                     num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gen, output_type="pil",
-                     height=args.height, width=args.width, local_blend_kwargs=lb_kw, self_min_scale=self_min,
-                     store_scales=(args.map_scale,), **kw)
+        result = p2p(prompts, controller=controller, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                     generator=gen, output_type="pil", height=args.height, width=args.width, **kw)
         settings["edit_seconds"] = round(time.time() - t0, 2)
         files = []
         for k, (prompt, im) in enumerate(zip(prompts, result.images)):
@@ -338,9 +345,11 @@ def run_invert(args) -> int:
     _check_image(args.image)
     dev, dtype = _device(args)
     sd = StableDiffusionBase.from_pipe(_load_sd(args, dev, dtype))
+    sd.encode_prompts([args.prompt])  # a prompt too long is found before the output folder is claimed
+    x0 = sd.encode_image(args.image, args.height, args.width)
     with RunFolder.claim(args.out, "invert", overwrite=args.overwrite) as run:
         t0 = time.time()
-        res = inv.invert(sd, args.image, args.prompt, method=args.method, num_inference_steps=args.steps,
+        res = inv.invert(sd, x0, args.prompt, method=args.method, num_inference_steps=args.steps,
                          guidance_scale=args.guidance, num_inner_steps=args.inner_steps, height=args.height,
                          width=args.width)
         secs = time.time() - t0
@@ -367,10 +376,15 @@ def run_pnp(args) -> int:
     dev, dtype = _device(args)
     _require_kernel()
     pp = PlugAndPlayPipeline.from_pipe(_load_sd(args, dev, dtype))
+    # what can be wrong with the layers, steps, prompts and photo is found before the output folder is claimed
+    pp.check(args.steps, args.pnp_f_t, args.pnp_attn_t, args.feature_layers, args.attn_layers,
+             args.inversion_steps or args.steps)
+    pp.encode_prompts([args.prompt, args.negative_prompt, args.inversion_prompt])
+    x0 = pp.encode_image(args.image, args.height, args.width)
     name = f"pnp_{_slug(args.prompt)}.png"
     with RunFolder.claim(args.out, "pnp", overwrite=args.overwrite) as run:
         t0 = time.time()
-        res = pp(args.image, args.prompt, negative_prompt=args.negative_prompt, inversion_prompt=args.inversion_prompt,
+        res = pp(x0, args.prompt, negative_prompt=args.negative_prompt, inversion_prompt=args.inversion_prompt,
                  num_inference_steps=args.steps, inversion_steps=args.inversion_steps, guidance_scale=args.guidance,
                  pnp_f_t=args.pnp_f_t, pnp_attn_t=args.pnp_attn_t, feature_layers=tuple(args.feature_layers),
                  attn_layers=args.attn_layers, height=args.height, width=args.width, output_type="pil")

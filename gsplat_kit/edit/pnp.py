@@ -31,16 +31,22 @@ class PnPError(UserError):
     """A Plug-and-Play setting does not fit the model."""
 
 
-def _sources_at(inversion: inv.InversionResult, timesteps) -> list:
-    """The inversion latent at the noise level of each sampling timestep (the source branch). The
-    inversion's own timesteps must include them (an inversion with as many steps does, or with 1000)."""
-    traj, ts = inversion.trajectory, [int(t) for t in inversion.timesteps]
-    at_level = {t: traj[len(ts) - j] for j, t in enumerate(ts)}  # traj[k]: the level of timestep ts[N - k]
-    missing = [int(t) for t in timesteps if int(t) not in at_level]
+def _check_levels(inversion_timesteps, timesteps) -> None:
+    """PnPError unless the inversion's timesteps include every sampling timestep (an inversion with as
+    many steps does, or with 1000)."""
+    have = {int(t) for t in inversion_timesteps}
+    missing = [int(t) for t in timesteps if int(t) not in have]
     if missing:
-        raise PnPError(f"the inversion has {len(ts)} steps, whose timesteps do not include the {len(timesteps)} "
+        raise PnPError(f"the inversion has {len(have)} steps, whose timesteps do not include the {len(timesteps)} "
                        f"sampling steps' (e.g. t={missing[0]}): invert with {len(timesteps)} steps, or with 1000 as "
                        f"pnp-diffusers does")
+
+
+def _sources_at(inversion: inv.InversionResult, timesteps) -> list:
+    """The inversion latent at the noise level of each sampling timestep (the source branch)."""
+    _check_levels(inversion.timesteps, timesteps)
+    traj, ts = inversion.trajectory, [int(t) for t in inversion.timesteps]
+    at_level = {t: traj[len(ts) - j] for j, t in enumerate(ts)}  # traj[k]: the level of timestep ts[N - k]
     return [at_level[int(t)] for t in timesteps]
 
 
@@ -102,6 +108,25 @@ class PlugAndPlayPipeline(StableDiffusionBase):
     """Plug-and-Play on a Stable Diffusion 1.x / 2.x pipeline: `from_pipe(sd)` / `from_pretrained(path)`,
     then `pipe(image, prompt, ...)`."""
 
+    def check(self, num_inference_steps: int = 50, pnp_f_t: float = 0.8, pnp_attn_t: float = 0.5,
+              feature_layers=("up_blocks.1.resnets.1",), attn_layers=None, inversion_steps: int | None = None,
+              output_type: str = "pil"):
+        """Everything about the settings that can be wrong, checked before any work (PnPError); returns
+        (feature modules, self-attention processor names)."""
+        for name, v in (("pnp_f_t", pnp_f_t), ("pnp_attn_t", pnp_attn_t)):
+            if not 0.0 <= v <= 1.0:
+                raise PnPError(f"{name} must be in [0, 1], got {v}")
+        if num_inference_steps < 1 or (inversion_steps is not None and inversion_steps < 1):
+            raise PnPError(f"steps must be >= 1, got {num_inference_steps} (inversion {inversion_steps})")
+        check_output_type(output_type)
+        if inversion_steps is not None:
+            sched = inv.ddim_scheduler(self)
+            sched.set_timesteps(inversion_steps)
+            inversion_ts = sched.timesteps.clone()
+            sched.set_timesteps(num_inference_steps)
+            _check_levels(inversion_ts, sched.timesteps)
+        return _resolve_modules(self.unet, feature_layers), _resolve_attn_layers(self.unet, attn_layers)
+
     @torch.no_grad()
     def __call__(self, image, prompt: str, negative_prompt: str = "", inversion_prompt: str = "",
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, pnp_f_t: float = 0.8,
@@ -109,15 +134,11 @@ class PlugAndPlayPipeline(StableDiffusionBase):
                  inversion: inv.InversionResult | None = None, inversion_steps: int | None = None, height=None,
                  width=None, output_type: str = "pil", progress: bool | None = None) -> PnPOutput:
         progress = self.progress if progress is None else progress
-        for name, v in (("pnp_f_t", pnp_f_t), ("pnp_attn_t", pnp_attn_t)):
-            if not 0.0 <= v <= 1.0:
-                raise PnPError(f"{name} must be in [0, 1], got {v}")
-        check_output_type(output_type)
-        unet = self.unet
-        attn_names = _resolve_attn_layers(unet, attn_layers)
-        feat_mods = _resolve_modules(unet, feature_layers)
-        sched = inv.ddim_scheduler(self)
         n = num_inference_steps
+        feat_mods, attn_names = self.check(n, pnp_f_t, pnp_attn_t, feature_layers, attn_layers,
+                                           None if inversion is not None else inversion_steps or n, output_type)
+        unet = self.unet
+        sched = inv.ddim_scheduler(self)
         if inversion is None:
             inversion = inv.invert(self, image, inversion_prompt, method="ddim", num_inference_steps=inversion_steps or n,
                                    height=height, width=width, progress=progress)
