@@ -25,17 +25,6 @@ class P2PAttnProcessor:
         self.layer = layer
         self.fused = fused
 
-    def qkv(self, attn, hidden_states, encoder_hidden_states):
-        """Projections in head_to_batch_dim layout; PnP overrides this to inject Q/K."""
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        return attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), attn.head_to_batch_dim(value)
-
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -50,7 +39,14 @@ class P2PAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        query, key, value = self.qkv(attn, hidden_states, encoder_hidden_states)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        query, key, value = (attn.head_to_batch_dim(x) for x in (query, key, value))
         B = query.shape[0] // attn.heads
         plan = None
         if self.controller is not None:
@@ -91,8 +87,7 @@ def hookable_layers(unet) -> list[LayerInfo]:
     return layers
 
 
-def register_attention_control(unet, controller: AttentionControl | None, fused: bool = True,
-                               processor_cls=P2PAttnProcessor, **proc_kw) -> list[LayerInfo]:
+def register_attention_control(unet, controller: AttentionControl | None, fused: bool = True) -> list[LayerInfo]:
     """Installs one processor per attention layer (set_attn_processor); returns the hooked layers."""
     layers = hookable_layers(unet)
     names = {layer.name for layer in layers}
@@ -101,7 +96,7 @@ def register_attention_control(unet, controller: AttentionControl | None, fused:
     for name, proc in original.items():
         if name in names:
             layer = next(layer for layer in layers if layer.name == name)
-            procs[name] = processor_cls(controller, layer, fused=fused, **proc_kw)
+            procs[name] = P2PAttnProcessor(controller, layer, fused=fused)
         else:
             procs[name] = proc
     unet.set_attn_processor(procs)
