@@ -167,17 +167,25 @@ def test_out_of_range_option_is_one_line_exit_2(verb, opt, value, tmp_path, caps
     (["edit", "--source", "a cat", "--target", "a dog", "--blend-words", "cat"], "--blend-words"),
     (["edit", "--source", "a cat", "--target", "a dog", "--edit-type", "reweight"], "--equalizer"),
     (["pnp", "--image", "PHOTO", "--prompt", "a cat", "--feature-layers", "up_blocks.9"], "up_blocks.9"),
+    (["pnp", "--image", "PHOTO", "--prompt", "a cat", "--inversion-steps", "3"], "do not include"),
+    (["invert", "--image", "PHOTO", "--prompt", " ".join(["cat"] * 90)], "tokens"),
+    (["invert", "--image", "JUNK", "--prompt", "a cat"], "not a readable image"),
+    (["edit", "--image", "JUNK", "--source", "a cat", "--target", "a dog"], "not a readable image"),
     (["edit", "--source", "a cat", "--target", "a dog", "--map-scale", "64"], ""),  # attention.png: a note only
 ])
 def test_bad_input_at_run_time_is_one_line(model_dir, photo, tmp_path, capsys, argv, msg):
-    argv = [photo if a == "PHOTO" else a for a in argv]
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))  # a JPEG header, then nothing decodable
+    argv = [{"PHOTO": photo, "JUNK": str(junk)}.get(a, a) for a in argv]
     dev = [] if "--device" in argv else ["--device", "cpu"]
-    rc = exit_code(argv[:1] + ["--model", model_dir] + argv[1:] + ["--steps", "2", "--out", str(tmp_path / "o")] + dev)
+    out = tmp_path / "o"
+    rc = exit_code(argv[:1] + ["--model", model_dir] + argv[1:] + ["--steps", "2", "--out", str(out)] + dev)
     err = capsys.readouterr().err
     if not msg:
         assert rc == 0 and "no attention grid" in err
         return
     assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1 and msg in err, err
+    assert not out.exists()  # found before the output folder was claimed
 
 
 # ---- an output folder holds one run ----------------------------------------------------------------------------
