@@ -238,7 +238,8 @@ class _Evil:
 
 
 @pytest.mark.parametrize("kind, msg", [("pickle", "pickled object"), ("junk", "not a readable inversion file"),
-                                       ("wrong", "not an inversion file"), ("short", "trajectory")])
+                                       ("wrong", "not an inversion file"), ("short", "trajectory"),
+                                       ("other-model", "another model")])
 def test_inversion_file_is_data_only(model_dir, tmp_path, capsys, kind, msg):
     flag = tmp_path / "ran"
     bad = tmp_path / "inv.pt"
@@ -248,9 +249,13 @@ def test_inversion_file_is_data_only(model_dir, tmp_path, capsys, kind, msg):
         bad.write_bytes(np.random.default_rng(0).bytes(4096))
     elif kind == "wrong":
         torch.save([1, 2, 3], bad)
-    else:  # a well-formed dict with a trajectory that does not fit its timesteps
+    elif kind == "short":  # a well-formed dict with a trajectory that does not fit its timesteps
         torch.save(dict(latents=torch.zeros(1, 4, 16, 16), trajectory=[torch.zeros(1, 4, 16, 16)],
                         uncond_embeddings=[torch.zeros(1, 77, 32)] * 2, timesteps=torch.tensor([500, 0]),
+                        prompt="a cat", method="ddim", guidance_scale=7.5), bad)
+    else:  # a consistent inversion of a model with another text encoder width
+        torch.save(dict(latents=torch.zeros(1, 4, 16, 16), trajectory=[torch.zeros(1, 4, 16, 16)] * 3,
+                        uncond_embeddings=[torch.zeros(1, 77, 64)] * 2, timesteps=torch.tensor([500, 0]),
                         prompt="a cat", method="ddim", guidance_scale=7.5), bad)
     out = tmp_path / "o"
     rc = exit_code(["edit", "--model", model_dir, "--inversion", str(bad), "--source", "a cat", "--target", "a dog",

@@ -293,6 +293,12 @@ def run_edit(args) -> int:
     controller = p2p.make_controller(prompts, args.edit_type, args.steps, cross, self_steps, blend, eq_words, eq_vals,
                                      lb_kw, self_min, (args.map_scale,))
     x0 = sd.encode_image(args.image, args.height, args.width) if args.image else None
+    if res is not None:
+        fits = (tuple(res.latents.shape[1:]) == (sd.unet.config.in_channels, *sd.latent_size(args.height, args.width))
+                and res.uncond_embeddings[0].shape[1:] == sd.encode_prompts([""]).shape[1:])
+        if not fits:
+            raise CLIError(f"--inversion {args.inversion}: made with another model or image size (latents "
+                           f"{tuple(res.latents.shape)}, embeddings {tuple(res.uncond_embeddings[0].shape)})")
     settings = dict(verb="edit", prompts=prompts, edit_type=args.edit_type, cross_replace_steps=cross,
                     self_replace_steps=self_steps, blend_words=blend, blend_threshold=args.blend_threshold,
                     equalizer_words=eq_words, equalizer_strengths=eq_vals, num_inference_steps=args.steps,

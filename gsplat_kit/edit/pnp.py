@@ -7,9 +7,9 @@ latent at each timestep. During the first `pnp_f_t` of the steps the decoder's r
 (`feature_layers`, default up_blocks.1.resnets.1) of the translated branches are replaced by the
 source's, and during the first `pnp_attn_t` their self-attention queries and keys. The inversion may take
 finer steps than the sampling (`inversion_steps`; pnp-diffusers inverts with 1000): the source branch then
-takes the inversion latent at each sampling timestep. Injecting Q and K is injecting the
-self-attention map softmax(Q_s K_s^T / sqrt(d)), which the fused kernel does by routing
-(`src`), without computing the translated branches' maps at all. As in MichalGeyer/pnp-diffusers.
+takes the inversion latent at each sampling timestep. Injecting Q and K is injecting the self-attention
+map softmax(Q_s K_s^T / sqrt(d)), which the fused kernel does by routing (`src`), without computing the
+translated branches' maps at all. As in MichalGeyer/pnp-diffusers.
 """
 from __future__ import annotations
 
