@@ -2,6 +2,7 @@
 parsed (not when a value is first used, possibly hours later)."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -106,3 +107,19 @@ def check_range(name: str, value, *, lo=None, hi=None, lo_open: bool = False, hi
         extra = f" (or {', '.join(map(str, allow))})" if allow else ""
         raise UserError(f"{name} must be {' and '.join(s for s in (lo_s, hi_s) if s)}{extra}, got {value}")
     return value
+
+
+def ranged(conv, **limits):
+    """An argparse `type=`: `conv(text)` (int or float) checked by `check_range(**limits)`, so a bad value
+    is refused while the command line is parsed, in argparse's one line that names the option."""
+    def parse(text: str):
+        try:
+            value = conv(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if conv is int else 'a number'}") from None
+        try:
+            return check_range("value", value, **limits)
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = getattr(conv, "__name__", "value")  # argparse's fallback message names the type
+    return parse
