@@ -47,7 +47,9 @@ class RunFolder:
 
     # -- claiming --------------------------------------------------------------------------------------
     @classmethod
-    def claim(cls, out, kind: str, *, resume: bool = False, overwrite: bool = False, flag: str = "--out") -> RunFolder:
+    def claim(cls, out, kind: str, *, resume: bool = False, overwrite: bool = False, flag: str = "--out",
+              resumable: bool = True) -> RunFolder:
+        """`resumable`: whether the verb offers --resume (the refusal says only what the user can pass)."""
         if resume and overwrite:
             raise UserError("--resume and --overwrite exclude each other")
         out = Path(out).expanduser()
@@ -75,9 +77,11 @@ class RunFolder:
                 mode = "overwrite"
             else:
                 if previous is not None:
-                    raise UserError(f"{flag} {out}: holds a previous {previous.get('kind')} run (started "
-                                    f"{previous.get('started', '?')}); pass --resume to continue it or --overwrite "
-                                    f"to replace it, or choose another folder")
+                    state = "a previous" if previous.get("finished") else "an unfinished"
+                    options = ("pass --resume to continue it or --overwrite to replace it" if resumable
+                               else "pass --overwrite to replace it")
+                    raise UserError(f"{flag} {out}: holds {state} {previous.get('kind')} run (started "
+                                    f"{previous.get('started', '?')}); {options}, or choose another folder")
                 if before:
                     raise UserError(f"{flag} {out}: the folder is not empty ({len(before)} entries, e.g. "
                                     f"{sorted(before)[0]!r}); choose an empty or new folder, or pass --overwrite")

@@ -304,7 +304,7 @@ def run_edit(args) -> int:
                     equalizer_words=eq_words, equalizer_strengths=eq_vals, num_inference_steps=args.steps,
                     guidance_scale=args.guidance, seed=args.seed, model=os.path.abspath(args.model),
                     device=str(sd.device), dtype=str(sd.dtype), fused=not args.no_fused)
-    with RunFolder.claim(args.out, "edit", overwrite=args.overwrite) as run:
+    with RunFolder.claim(args.out, "edit", overwrite=args.overwrite, resumable=False) as run:
         out = run.path
         kw = {}
         if real:
@@ -353,7 +353,7 @@ def run_invert(args) -> int:
     sd = StableDiffusionBase.from_pipe(_load_sd(args, dev, dtype))
     sd.encode_prompts([args.prompt])  # a prompt too long is found before the output folder is claimed
     x0 = sd.encode_image(args.image, args.height, args.width)
-    with RunFolder.claim(args.out, "invert", overwrite=args.overwrite) as run:
+    with RunFolder.claim(args.out, "invert", overwrite=args.overwrite, resumable=False) as run:
         t0 = time.time()
         res = inv.invert(sd, x0, args.prompt, method=args.method, num_inference_steps=args.steps,
                          guidance_scale=args.guidance, num_inner_steps=args.inner_steps, height=args.height,
@@ -388,7 +388,7 @@ def run_pnp(args) -> int:
     pp.encode_prompts([args.prompt, args.negative_prompt, args.inversion_prompt])
     x0 = pp.encode_image(args.image, args.height, args.width)
     name = f"pnp_{_slug(args.prompt)}.png"
-    with RunFolder.claim(args.out, "pnp", overwrite=args.overwrite) as run:
+    with RunFolder.claim(args.out, "pnp", overwrite=args.overwrite, resumable=False) as run:
         t0 = time.time()
         res = pp(x0, args.prompt, negative_prompt=args.negative_prompt, inversion_prompt=args.inversion_prompt,
                  num_inference_steps=args.steps, inversion_steps=args.inversion_steps, guidance_scale=args.guidance,
