@@ -8,6 +8,7 @@ error, so a damaged file is refused when it is opened, not at some later step.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -15,7 +16,7 @@ import random
 import numpy as np
 import torch
 
-from gsplat_kit.common.atomic import atomic_path
+from gsplat_kit.common.atomic import atomic_write
 from gsplat_kit.common.errors import UserError
 from gsplat_kit.common.safe_load import load_torch_data
 from gsplat_kit.scene import splats as layout
@@ -30,8 +31,37 @@ class CheckpointError(UserError):
 
 
 def atomic_torch_save(obj, path: str):
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_write(path) as f:   # a file object: the archive's inner folder is not named after the temp file
+        torch.save(obj, f)
+
+
+def content_digest(obj) -> str:
+    """SHA-256 over a checkpoint's content (keys, numbers, strings, tensors' dtypes, shapes and bytes) in a
+    fixed order. torch's zip format has no checksum of its own, so without this a flipped bit in a moment
+    or an RNG state would load silently and resume would no longer continue the run it claims to."""
+    h = hashlib.sha256()
+
+    def walk(x):
+        if isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[" if isinstance(x, list) else b"(")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        elif isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+
+    walk(obj)
+    return h.hexdigest()
 
 
 # ---- RNG states as plain data ---------------------------------------------------------------------
@@ -69,7 +99,7 @@ def set_rng_state(s: dict, where: str = "checkpoint"):
 def save_checkpoint(path: str, *, step: int, splats: dict, optimizers: dict, strategy_state: dict,
                     sampler_state: dict, config: dict, elapsed: float):
     """`step` is the number of completed steps: training continues at this step index."""
-    atomic_torch_save({
+    ck = {
         "step": int(step),
         "splats": {k: v.detach().cpu() for k, v in splats.items()},
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
@@ -78,7 +108,9 @@ def save_checkpoint(path: str, *, step: int, splats: dict, optimizers: dict, str
         "rng": rng_state(),
         "config": config,
         "elapsed": float(elapsed),
-    }, path)
+    }
+    ck["digest"] = content_digest(ck)
+    atomic_torch_save(ck, path)
 
 
 def _require(ok: bool, path: str, what: str):
@@ -131,6 +163,9 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     missing = [k for k in ("step", "splats", "optimizers", "strategy_state", "sampler", "rng", "config")
                if k not in ck]
     _require(not missing, path, f"not a gsplat_kit training checkpoint (missing {missing})")
+    digest = ck.pop("digest", None)
+    _require(isinstance(digest, str), path, "no content digest (not written by this version of gsplat_kit)")
+    _require(digest == content_digest(ck), path, "the content does not match its digest (the file is damaged)")
     _require(_is_int(ck["step"]) and ck["step"] >= 0, path, f"step {ck['step']!r} is not a non-negative integer")
     _require(isinstance(ck["splats"], dict) and set(ck["splats"]) == set(SPLAT_KEYS), path,
              f"splats must hold exactly {list(SPLAT_KEYS)}")
