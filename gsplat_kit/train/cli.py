@@ -73,7 +73,7 @@ def train_config(args) -> TrainConfig:
         base["progress"] = False
     if not base["data"] or not base["out"]:
         raise UserError("--data and --out are required (or set them in --config)")
-    return TrainConfig.from_dict(base, where=f"--config {args.config}" if args.config else "train").validate(names)
+    return TrainConfig.from_dict(base, f"--config {args.config}" if args.config else "train", names).validate(names)
 
 
 def _train(args) -> int:

@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 
 from gsplat_kit.common.errors import UserError
-from gsplat_kit.common.options import check_range, coerce_fields
+from gsplat_kit.common.options import check_range, coerce_field
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -74,8 +74,9 @@ class TrainConfig:
         return os.path.realpath(self.resume).startswith(os.path.realpath(self.out) + os.sep)
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
-        """Fields checked by type (unknown keys and wrong types are UserErrors naming `where` and the key)."""
+    def from_dict(cls, d: dict, where: str = "config", names: dict | None = None) -> "TrainConfig":
+        """Fields checked by type (unknown keys and wrong types are UserErrors naming `where` and the key;
+        `names` maps a field to what set it instead, e.g. "--steps")."""
         if not isinstance(d, dict):
             raise UserError(f"{where}: expected a JSON object of config fields, got {type(d).__name__}")
         d = {k: v for k, v in d.items() if k != "resolved"}   # OUT/config.json's machine-specific part
@@ -83,7 +84,8 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise UserError(f"{where}: unknown config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**coerce_fields(cls, d, where))
+        names = names or {}
+        return cls(**{k: coerce_field(cls, k, v, names.get(k, f"{where} {k}")) for k, v in d.items()})
 
     @classmethod
     def from_json(cls, path: str) -> "TrainConfig":
@@ -96,7 +98,7 @@ class TrainConfig:
 
     def validate(self, names: dict | None = None) -> "TrainConfig":
         """Range checks of every field (and the strategy's options); `names` maps a field to how the user
-        set it (e.g. "--steps"), so that the error names that."""
+        set it (e.g. "--steps", "--config cfg.json: steps"), so that the error names that."""
         names = names or {}
         for f, bounds in FIELD_RANGES.items():
             check_range(names.get(f, f"config field {f}"), getattr(self, f), **bounds)
