@@ -83,14 +83,14 @@ def set_rng_state(s: dict, where: str = "checkpoint"):
         torch.set_rng_state(s["torch"])
         n = s["numpy"]
         keys = n["keys"]
-        if not isinstance(keys, torch.Tensor) or keys.dtype != torch.int64:
-            raise TypeError("numpy keys are not an int64 tensor")
+        if not isinstance(keys, torch.Tensor) or keys.dtype != torch.int64 or keys.shape != (624,):
+            raise TypeError("numpy keys are not MT19937's 624 integers")
         np.random.set_state((n["kind"], keys.numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
         p = s["python"]
         random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
         if "cuda" in s and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(s["cuda"])
-    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise CheckpointError(f"{where}: unusable random-number-generator state ({type(e).__name__}: {e})") from None
 
 
