@@ -254,3 +254,12 @@ def test_crafted_pickles_run_nothing(tmp_path, capsys):
     _refused(["render", "--splats", str(out), *data, "--out", str(tmp_path / "v2.mp4")], capsys, marker)
     _refused(["export", str(out), "--out", str(tmp_path / "y.ply")], capsys, marker)
     assert not (tmp_path / "x.ply").exists() and not (tmp_path / "y.ply").exists() and not (tmp_path / "v.mp4").exists()
+
+
+def test_train_loads_files_only_through_the_data_only_loader():
+    folder = os.path.join(ROOT, "gsplat_kit", "train")
+    for root, _, files in os.walk(folder):
+        for f in files:
+            if f.endswith(".py"):
+                text = open(os.path.join(root, f)).read()
+                assert "torch.load(" not in text and "import pickle" not in text, f"{f}: use load_torch_data"
