@@ -27,8 +27,8 @@ def resolve_device(name: str = "auto", flag: str = "--device") -> torch.device:
 
 def cpu_threads(requested: int = 0) -> int:
     """Threads for CPU training. OpenMP threads that outnumber the free cores wait for each other at every
-    barrier, so on a machine shared with other jobs fewer threads train faster (BENCHMARKS.md has the
-    figures); `0` takes the cores the 1-minute load average leaves free, at least one."""
+    barrier while other jobs hold the cores, so `0` takes the cores the 1-minute load average leaves free,
+    at least one (BENCHMARKS.md, "training: threads", has figures)."""
     n = os.cpu_count() or 1
     if requested > 0:
         return requested

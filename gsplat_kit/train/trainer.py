@@ -261,8 +261,9 @@ class Trainer:
     def _fit_and_report(self) -> dict:
         cfg, out = self.cfg, self.out
         start_step = self.step
-        # the config as given (reusable with --config) plus what it resolved to on this machine and scene
-        resolved = {**cfg.to_dict(), "resolved": {
+        # the config as given (reusable with --config: without this run's resume, which would make a new run
+        # that reuses it refuse its fresh folder) plus what it resolved to on this machine and scene
+        resolved = {**cfg.to_dict(), "resume": None, "resolved": {
             "device": str(self.device), "scene_scale": self.scene_scale, "strategy": self.strategy.to_dict(),
             "learning_rates": self._lrs(), "cpu_threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "num_train_views": len(self.scene.train_views),
