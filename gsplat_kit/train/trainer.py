@@ -89,6 +89,13 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(cfg.num_threads))
+        resume = cfg.resume
+        if resume == "auto":
+            resume = ckpt.latest_checkpoint(cfg.out) if cfg.out else None
+            if resume is None:
+                print(f"resume: no checkpoint under {os.path.join(cfg.out, ckpt.CKPT_DIR)}; starting from step 0",
+                      file=sys.stderr)
+        saved = ckpt.load_checkpoint(resume) if resume else None    # a bad checkpoint is refused before the data is read
         if scene is None:
             scene = load_scene(cfg.data, data_factor=cfg.data_factor, test_every=cfg.test_every,
                                white_background=cfg.white_background)
@@ -108,15 +115,8 @@ class Trainer:
         self.elapsed = 0.0
         self.last_ckpt: str | None = None
         seed_everything(cfg.seed)
-
-        resume = cfg.resume
-        if resume == "auto":
-            resume = ckpt.latest_checkpoint(cfg.out) if cfg.out else None
-            if resume is None:
-                print(f"resume: no checkpoint under {os.path.join(cfg.out, ckpt.CKPT_DIR)}; starting from step 0",
-                      file=sys.stderr)
-        if resume:
-            self._restore(resume)
+        if saved is not None:
+            self._restore(resume, saved)
         else:
             self.splats = init_splats(scene.points, scene.points_rgb, cfg.sh_degree, cfg.init_opacity, cfg.init_scale,
                                       self.device)
@@ -135,8 +135,8 @@ class Trainer:
         return {k: torch.optim.Adam([{"params": [self.splats[k]], "lr": lr, "name": k}], eps=1e-15)
                 for k, lr in self._lrs().items()}
 
-    def _restore(self, path: str):
-        ck = ckpt.load_checkpoint(path, map_location="cpu")
+    def _restore(self, path: str, ck: dict):
+        """Continues from checkpoint `ck` (as `ckpt.load_checkpoint(path)` returned it)."""
         if ck["config"].get("strategy") != self.cfg.strategy:
             raise UserError(f"{path}: trained with strategy {ck['config'].get('strategy')!r}, not {self.cfg.strategy!r}")
         n = int(ck["splats"]["means"].shape[0])
