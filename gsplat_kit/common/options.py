@@ -92,6 +92,15 @@ def coerce_fields(cls, values: dict, where: str) -> dict:
     return {k: _coerce(v, hints[k], f"{where} {k}") for k, v in values.items()}
 
 
+def coerce_field(cls, key: str, value, name: str):
+    """One field of dataclass `cls`, converted like `coerce_fields` does; errors name `name` (e.g. the flag
+    that set the value, "--steps") instead of the field."""
+    hints = typing.get_type_hints(cls)
+    if key not in {f.name for f in dataclasses.fields(cls)}:
+        raise UserError(f"{name}: unknown field {key!r} of {cls.__name__}")
+    return _coerce(value, hints[key], name)
+
+
 def check_range(name: str, value, *, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False,
                 allow: tuple = ()):
     """Raises a UserError naming `name` unless lo <= value <= hi (strict where *_open), or value in allow."""

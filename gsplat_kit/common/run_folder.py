@@ -38,6 +38,7 @@ class RunFolder:
         self._lock_fd = lock_fd
         self._before = before
         self._previous = previous
+        self._finished = False
         self.path = out
         if mode == "overwrite":
             self.path = atomic.temp_path(out / "run")
@@ -115,15 +116,22 @@ class RunFolder:
                 self.path = self.out
                 self._write_marker(moved, finished=True)
             else:
-                now = {n for n in os.listdir(self.out) if n not in _OWN and atomic.temp_owner(n) is None}
                 prev = set((self._previous or {}).get("outputs", []))
-                self._write_marker(sorted(prev | (now - self._before)), finished=True)
+                self._write_marker(sorted(prev | (self._outputs_now() - self._before)), finished=True)
+            self._finished = True
         finally:
             self.release()
 
+    def _outputs_now(self) -> set[str]:
+        return {n for n in os.listdir(self.out) if n not in _OWN and atomic.temp_owner(n) is None}
+
     def release(self) -> None:
-        """Drops the lock without finishing (a failed run: its files stay for --resume)."""
+        """Drops the lock without finishing (a failed run: its files stay for --resume). A new run that
+        failed before writing anything takes its marker back, so the folder is as it was (a typo in an
+        input path must not make the next attempt need --overwrite)."""
         if self._lock_fd >= 0:
+            if self.mode == "new" and not self._finished and not self._outputs_now():
+                (self.out / MARKER).unlink(missing_ok=True)
             os.close(self._lock_fd)
             self._lock_fd = -1
 
