@@ -45,7 +45,8 @@ def image_size(path: str) -> tuple[int, int]:
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, struct.error...) for bad headers
-        raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        detail = " ".join(str(e).replace(repr(str(path)), "the file").replace(str(path), "the file").split())
+        raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {detail[:160]})") from None
     if w <= 0 or h <= 0:
         raise ImageError(f"{path}: image header gives size {w}x{h}")
     if w * h > MAX_PIXELS:

@@ -46,7 +46,11 @@ def load_transforms(root: str, fname: str, factor: int, white_background: bool):
             views.append(_view(root, meta_path, fields, fr, i, factor, bg, to_colmap, resized))
         if points is None and meta.get("ply_file_path") is not None:
             ply_rel = fields.string(meta, "ply_file_path")
-            points = read_point_cloud(str(confined(root, ply_rel, f"{meta_path}: ply_file_path", DatasetError)))
+            ply_path = confined(root, ply_rel, f"{meta_path}: ply_file_path", DatasetError)
+            try:
+                points = read_point_cloud(str(ply_path))
+            except DatasetError as e:
+                raise DatasetError(f"{meta_path}: ply_file_path: {e}") from None
             if to_colmap is not None:
                 points = (points[0] @ to_colmap[:3, :3].T + to_colmap[:3, 3], points[1])
     warn_resized(resized)
