@@ -91,7 +91,7 @@ def _view(root, meta_path, fields, fr, i, factor, bg, to_colmap, resized) -> Vie
         check_image_size(mask, image_size(mask), (w0, h0), factor, mask != str(mfull), resized, exact=(w, h))
     added_ext = "" if os.path.basename(img_path) == os.path.basename(rel) else os.path.splitext(img_path)[1]
     name = os.path.normpath(rel + added_ext)
-    return View(name, w, h, K, torch.tensor(np.linalg.inv(c2w), dtype=torch.float32), img_path, background=bg,
+    return View(name, w, h, K, torch.tensor(np.linalg.inv(c2w), dtype=torch.float32), src, background=bg,
                 distortion=dist, fisheye=model == "OPENCV_FISHEYE", mask_path=mask)
 
 
@@ -109,7 +109,7 @@ def _frame_file(root: str, rel: str, what: str) -> str | None:
 
 def _scaled(root: str, rel: str, full: str, factor: int, what: str, folder: str) -> str:
     """nerfstudio keeps downscaled copies beside the originals: images/x.png -> images_4/x.png."""
-    parts = rel.replace("\\", "/").lstrip("./").split("/")
+    parts = os.path.normpath(rel).split(os.sep)
     if factor > 1 and len(parts) > 1 and parts[0] == folder:
         scaled = confined(root, "/".join([f"{folder}_{factor}", *parts[1:]]), what, DatasetError)
         if scaled.is_file():
