@@ -144,3 +144,23 @@ def test_the_unmutated_photo_reads(photo, tmp_path):
         assert img.shape == (150, 200, 3) and img.dtype == np.uint8
     a, b = read_image(str(tmp_path / "ok.jpg")), read_image(str(tmp_path / "ok.png"))
     assert np.array_equal(a, b)  # PNG holds the decoded JPEG losslessly, and both come back RGB
+
+
+def test_the_guards_have_teeth(tmp_path):
+    """The write watch and the time limit that every fuzz case runs under do catch what they promise."""
+    import time
+
+    from fuzz_helpers import CaseTimeout, guarded
+
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
+    try:
+        with pytest.raises(AssertionError, match="writes outside the test folder"):
+            with guarded(tmp_path):
+                outside.write_text("escaped")
+    finally:
+        outside.unlink(missing_ok=True)
+    with guarded(tmp_path):
+        (tmp_path / "inside.txt").write_text("fine")
+    with pytest.raises(CaseTimeout):
+        with guarded(tmp_path, seconds=0.2):
+            time.sleep(5)
