@@ -278,3 +278,20 @@ def test_a_corrupt_photo_is_one_error_naming_it(tmp_path):
     (tmp_path / "images" / "im3.png").write_bytes(b"GIF89a" + bytes(10))  # not even a header
     with pytest.raises(ImageError, match=r"im3\.png: not a readable image"):
         load_scene(str(tmp_path))
+
+
+def test_colmap_model_of_the_stored_pixels_keeps_them(tmp_path):
+    """A photo with an EXIF rotation whose COLMAP camera has the stored (unrotated) size: COLMAP saw the
+    stored pixels, so they are what the view gets; where the camera has the rotated size, it is rotated."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :10] = 255
+    for root, cam_size in ((tmp_path / "stored", (40, 20)), (tmp_path / "rotated", (20, 40))):
+        _tiny_colmap(root, cam_size=cam_size, image_sizes=(cam_size,) * 2)
+        for i in (1, 2):  # JPEG bytes under the names the model lists
+            Image.fromarray(stored).save(root / "images" / f"im{i}.png", format="JPEG", exif=exif.tobytes(), quality=95)
+    img = load_scene(str(tmp_path / "stored"), test_every=0).views[0].load_image()
+    assert img.shape == (20, 40, 3) and float(img[:, :8].mean()) > 0.8  # as stored: the band on the left
+    img = load_scene(str(tmp_path / "rotated"), test_every=0).views[0].load_image()
+    assert img.shape == (40, 20, 3) and float(img[:8].mean()) > 0.8  # as displayed: the band on top

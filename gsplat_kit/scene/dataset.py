@@ -44,6 +44,7 @@ class View:
     distortion: tuple | None = None                 # OPENCV (k1, k2, p1, p2[, k3]) or fisheye (k1..k4) to undo
     fisheye: bool = False                           # distortion is OPENCV_FISHEYE's
     mask_path: str | None = None                    # pixels where the mask is 0 are left out of the loss
+    oriented: bool = True                           # apply the image's EXIF orientation when decoding
     _image: torch.Tensor | None = field(default=None, repr=False)
     _mask: torch.Tensor | None = field(default=None, repr=False)
 
@@ -54,7 +55,8 @@ class View:
     def load_image(self) -> torch.Tensor:
         """[H, W, 3] float32 in [0, 1], loaded on first use and kept."""
         if self._image is None:
-            img = torch.from_numpy(to_float_rgb(read_scaled(self.image_path, self.width, self.height), self.background))
+            img = read_scaled(self.image_path, self.width, self.height, oriented=self.oriented)
+            img = torch.from_numpy(to_float_rgb(img, self.background))
             self._image = self._undistorted(img)
         return self._image
 
@@ -189,15 +191,24 @@ def _load_colmap(root: str, factor: int, undistort: bool):
         cam = model.cameras[im.camera_id]
         full, scaled = sources[im.id]
         src = scaled or full
-        w, h = check_image_size(src, image_size(src), (cam.width, cam.height), factor, scaled is not None, resized)
+        size, oriented = image_size(src), True
+        if size != image_size(src, oriented=False) and _fits(image_size(src, oriented=False), cam, factor):
+            size, oriented = image_size(src, oriented=False), False  # the model was made from the stored pixels
+        w, h = check_image_size(src, size, (cam.width, cam.height), factor, scaled is not None, resized)
         fx, fy, cx, cy = cam.intrinsics()
         sx, sy = w / cam.width, h / cam.height
         K = torch.tensor([[fx * sx, 0, cx * sx], [0, fy * sy, cy * sy], [0, 0, 1]], dtype=torch.float32)
-        views.append(View(im.name, w, h, K, torch.tensor(im.world_to_camera(), dtype=torch.float32), src))
+        views.append(View(im.name, w, h, K, torch.tensor(im.world_to_camera(), dtype=torch.float32), src,
+                          oriented=oriented))
     warn_resized(resized)
     pts = torch.tensor(model.points.xyz, dtype=torch.float32)
     rgb = torch.tensor(model.points.rgb, dtype=torch.float32) / 255.0
     return views, pts, rgb
+
+
+def _fits(size: tuple[int, int], cam, factor: int) -> bool:
+    """Whether `size` is the camera's at 1 or at 1/factor (any rounding)."""
+    return any(abs(size[0] - cam.width / f) < 1 and abs(size[1] - cam.height / f) < 1 for f in {1, factor})
 
 
 def _find_image(folder: str, name: str, what: str) -> str | None:

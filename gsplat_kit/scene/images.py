@@ -33,14 +33,15 @@ def cache_dir(*parts: str) -> str:
     return d
 
 
-def image_size(path: str) -> tuple[int, int]:
-    """(width, height) as the image will be decoded (EXIF rotations swap them), from the header only."""
+def image_size(path: str, oriented: bool = True) -> tuple[int, int]:
+    """(width, height) as the image will be decoded (EXIF rotations swap them unless `oriented` is
+    False), from the header only."""
     from PIL import Image as PILImage
 
     try:
         with PILImage.open(path) as im:
             w, h = im.size
-            if im.format == "JPEG" and im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            if oriented and im.format == "JPEG" and im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 w, h = h, w
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
@@ -54,12 +55,15 @@ def image_size(path: str) -> tuple[int, int]:
     return w, h
 
 
-def read_image(path: str) -> np.ndarray:
+def read_image(path: str, oriented: bool = True) -> np.ndarray:
     """[H, W, 3] RGB or [H, W, 4] RGBA, uint8 or uint16 as stored. JPEGs are decoded with their EXIF
-    orientation applied (OpenCV's IMREAD_COLOR does so); other formats keep alpha and bit depth."""
+    orientation applied (OpenCV's IMREAD_COLOR does so) unless `oriented` is False (a COLMAP model made
+    from the stored pixels); other formats keep alpha and bit depth."""
     data = _read_bytes(path)
     image_size(path)  # refuses huge or broken headers before the decoder allocates anything
     flags = cv2.IMREAD_COLOR if data[:2] == _JPEG_MAGIC else cv2.IMREAD_UNCHANGED
+    if not oriented:
+        flags |= cv2.IMREAD_IGNORE_ORIENTATION
     arr = _decode(path, data, flags)
     if arr.ndim == 2:
         arr = cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB)
@@ -96,15 +100,15 @@ def resize(arr: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(arr, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
-def read_scaled(path: str, width: int, height: int, mask: bool = False) -> np.ndarray:
+def read_scaled(path: str, width: int, height: int, mask: bool = False, oriented: bool = True) -> np.ndarray:
     """The image (or mask) at `width` x `height`: decoded directly when it has that size, else
     downscaled once and kept in the images_N cache (a lossless PNG under $GSPLAT_KIT_CACHE), which the
     next read decodes directly."""
-    read = read_mask if mask else read_image
-    if image_size(path) == (width, height):
+    read = read_mask if mask else (lambda p: read_image(p, oriented))
+    if image_size(path, oriented and not mask) == (width, height):
         return read(path)
     st = os.stat(path)
-    key = hashlib.sha1(f"{os.path.abspath(path)}:{st.st_mtime_ns}:{st.st_size}:{width}x{height}:{mask}".encode())
+    key = hashlib.sha1(f"{os.path.abspath(path)}:{st.st_mtime_ns}:{st.st_size}:{width}x{height}:{mask}:{oriented}".encode())
     cached = os.path.join(cache_dir("resized"), key.hexdigest()[:24] + ".png")
     if os.path.exists(cached):
         try:
