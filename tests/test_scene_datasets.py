@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -295,3 +296,25 @@ def test_colmap_model_of_the_stored_pixels_keeps_them(tmp_path):
     assert img.shape == (20, 40, 3) and float(img[:, :8].mean()) > 0.8  # as stored: the band on the left
     img = load_scene(str(tmp_path / "rotated"), test_every=0).views[0].load_image()
     assert img.shape == (40, 20, 3) and float(img[:8].mean()) > 0.8  # as displayed: the band on top
+
+
+def test_cli_reports_bad_scenes_in_one_line(tmp_path, capsys):
+    """Reader errors reach the user through the CLI's one handler: one line naming the file, exit 2."""
+    import struct
+
+    from gsplat_kit.cli import main
+
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "transforms.json").write_text('[{"frames": []}]')
+    _tiny_colmap(tmp_path / "nan")
+    cams = tmp_path / "nan" / "sparse" / "0" / "cameras.bin"
+    data = bytearray(cams.read_bytes())
+    struct.pack_into("<d", data, 8 + 24, float("nan"))
+    cams.write_bytes(bytes(data))
+    for scene, expected in (("list", r"transforms\.json: the top level is a JSON list"),
+                            ("nan", r"cameras\.bin: camera 1 \(PINHOLE\) has non-finite parameters \[nan")):
+        assert main(["train", "--data", str(tmp_path / scene), "--out", str(tmp_path / f"out_{scene}"),
+                     "--steps", "1", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+        assert re.search(expected, err), err
