@@ -159,7 +159,8 @@ def _text_cases(files):
         # the last record line (images.txt: the last image line; its 2D points line follows)
         last = header + 2 * (len(_lines(data)[header:]) // 2 - 1) if f == "images.txt" else records[-1]
         cases += [(f"{f} cut after the header", f, b"\n".join(lines[:header]) + b"\n"),
-                  (f"{f} cut inside the first record", f, b"\n".join(lines[:header] + [b" ".join(lines[header].split()[:3])])),
+                  (f"{f} cut inside the first record", f,
+                   b"\n".join(lines[:header] + [b" ".join(lines[header].split()[:3])])),
                   (f"{f} cut after the first record", f, b"\n".join(lines[:header + (2 if f == "images.txt" else 1)])),
                   (f"{f} last record cut short", f, b"\n".join(lines[:last] + [b" ".join(lines[last].split()[:3])])),
                   (f"{f} count 10^12", f, re.sub(rb"(# Number of \w+: )\d+", rb"\g<1>1000000000000", data)),

@@ -194,8 +194,6 @@ def test_malformed_transforms_name_the_file(tmp_path, meta, msg):
 
 def _tiny_colmap(root, cam_size=(80, 60), image_sizes=((80, 60),) * 3, folder="images"):
     """A COLMAP scene with one PINHOLE camera and one image per entry of image_sizes (PNG, gradients)."""
-    from gsplat_kit.scene.images import IMAGE_EXTS  # noqa: F401  (the module the datasets read through)
-
     (root / folder).mkdir(parents=True, exist_ok=True)
     w, h = cam_size
     cams = {1: Camera(1, "PINHOLE", w, h, np.array([70.0, 70.0, w / 2, h / 2]))}

@@ -66,9 +66,9 @@ def colmap_to_nerfstudio(src: str, dst, mask=None, factors=(4,)) -> dict:
         if mask is not None:
             frame["mask_path"] = f"masks/{os.path.splitext(im.name)[0]}.png"
             full = mask(index)
-            for folder, m in [("masks", full)] + [(f"masks_{f}", cv2.resize(full, (full.shape[1] // f, full.shape[0] // f),
-                                                                             interpolation=cv2.INTER_NEAREST))
-                                                  for f in factors]:
+            scaled = [(f"masks_{f}", cv2.resize(full, (full.shape[1] // f, full.shape[0] // f),
+                                                interpolation=cv2.INTER_NEAREST)) for f in factors]
+            for folder, m in [("masks", full)] + scaled:
                 (dst / folder).mkdir(exist_ok=True)
                 cv2.imwrite(str(dst / folder / os.path.basename(frame["mask_path"])), m)
         frames.append(frame)

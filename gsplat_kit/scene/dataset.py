@@ -21,7 +21,7 @@ import torch
 from gsplat_kit.common.errors import UserError
 from gsplat_kit.common.paths import inside
 from gsplat_kit.scene.colmap import ColmapError, find_model_dir, read_model
-from gsplat_kit.scene.images import (IMAGE_EXTS, ImageError, cache_dir, image_size, read_scaled,  # noqa: F401
+from gsplat_kit.scene.images import (IMAGE_EXTS, ImageError, cache_dir, image_size, read_scaled,
                                      to_float_rgb)
 
 # relative difference of aspect ratios (width / height) still taken for the same picture, resized

@@ -80,12 +80,12 @@ def read_image(path: str, oriented: bool = True) -> np.ndarray:
 
 def read_mask(path: str) -> np.ndarray:
     """[H, W] float32 in [0, 1]: 1 where pixels count, 0 where they are masked out (nerfstudio's
-    convention: white = keep). A colour mask counts by its first channel; alpha masks by their alpha."""
+    convention: white = keep). A colour mask counts by its red channel, one with alpha by its alpha."""
     data = _read_bytes(path)
     image_size(path)
     arr = _decode(path, data, cv2.IMREAD_UNCHANGED)
-    if arr.ndim == 3:
-        arr = arr[..., 3] if arr.shape[2] == 4 else arr[..., 0]
+    if arr.ndim == 3:  # OpenCV's channel order is BGR(A): index 2 is red
+        arr = arr[..., 3] if arr.shape[2] == 4 else arr[..., 2]
     if arr.dtype not in (np.uint8, np.uint16):
         raise ImageError(f"{path}: mask pixel type {arr.dtype} (expected 8- or 16-bit integers)")
     return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
@@ -108,7 +108,8 @@ def read_scaled(path: str, width: int, height: int, mask: bool = False, oriented
     if image_size(path, oriented and not mask) == (width, height):
         return read(path)
     st = os.stat(path)
-    key = hashlib.sha1(f"{os.path.abspath(path)}:{st.st_mtime_ns}:{st.st_size}:{width}x{height}:{mask}:{oriented}".encode())
+    key = hashlib.sha1(f"{os.path.abspath(path)}:{st.st_mtime_ns}:{st.st_size}:{width}x{height}:{mask}:{oriented}"
+                       .encode())
     cached = os.path.join(cache_dir("resized"), key.hexdigest()[:24] + ".png")
     if os.path.exists(cached):
         try:

@@ -76,7 +76,7 @@ def _view(root, meta_path, fields, fr, i, factor, bg, to_colmap, resized) -> Vie
     fx, fy, cx, cy = fields.intrinsics(fr, w0, h0, where)
     sx, sy = w / w0, h / h0
     K = torch.tensor([[fx * sx, 0, cx * sx], [0, fy * sy, cy * sy], [0, 0, 1]], dtype=torch.float32)
-    c2w = fields.matrix(fr.get("transform_matrix"), f"{where} transform_matrix", rows=(4,))
+    c2w = fields.matrix(fr.get("transform_matrix"), f"{where} transform_matrix")
     if to_colmap is not None:
         c2w = to_colmap @ c2w
     c2w[:3, 1:3] *= -1  # Blender/OpenGL (y up, z back) -> OpenCV (y down, z forward)
