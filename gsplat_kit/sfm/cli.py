@@ -1,22 +1,16 @@
 """`gsplat-kit sfm IMAGES OUT`: cameras and sparse points from raw photos (pycolmap, CPU SIFT)."""
 from __future__ import annotations
 
-import sys
-
 from gsplat_kit.sfm.pipeline import CAMERA_MODELS
 
 
 def _sfm(args) -> int:
-    from gsplat_kit.sfm.pipeline import SfMError, run_sfm
+    from gsplat_kit.sfm.pipeline import run_sfm
 
-    try:
-        run_sfm(args.images, args.out, matcher=args.matcher, camera_model=args.camera_model,
-                single_camera=args.single_camera, max_image_size=args.max_image_size,
-                max_num_features=args.max_features, num_threads=args.threads, verbose=args.verbose,
-                undistort=not args.no_undistort)
-    except (SfMError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    run_sfm(args.images, args.out, matcher=args.matcher, camera_model=args.camera_model,
+            single_camera=args.single_camera, max_image_size=args.max_image_size,
+            max_num_features=args.max_features, num_threads=args.threads, verbose=args.verbose,
+            undistort=not args.no_undistort)
     return 0
 
 

@@ -203,7 +203,12 @@ class Trainer:
                                           view.width, view.height, sh_degree_at(step, cfg.sh_degree, cfg.sh_degree_interval),
                                           bg, cfg.near_plane, cfg.far_plane, mode, absgrad)
                 self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, step, info)
-                loss, l1, _ = photometric_loss(rgb, gt, cfg.ssim_lambda)
+                pred, target = rgb, gt
+                mask = view.load_mask() if getattr(view, "mask_path", None) else None
+                if mask is not None:  # masked-out pixels (0) are zero on both sides: no loss, no gradient
+                    m = mask.to(self.device)[None, ..., None]
+                    pred, target = rgb * m, gt * m
+                loss, l1, _ = photometric_loss(pred, target, cfg.ssim_lambda)
                 if reg is not None:
                     loss = loss + reg(self.splats)
                 loss_v = float(loss.detach())
