@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +48,14 @@ def test_browser_shows_scene(path, tmp_path):
     from PIL import Image
 
     from gsplat_kit.viewer.app import ViewerApp
+    from gsplat_kit.viewer.camera import camera_to_world
     from gsplat_kit.viewer.render import RenderSettings
     from gsplat_kit.viewer.synthetic import sphere_splats
 
     app = ViewerApp("127.0.0.1", 0, render_path=path, device="cpu")
     try:
         app.set_scene(sphere_splats(4000), None, "sphere")
-        app.gui_bg.value = BG            # the background-colour control, as the page would set it
+        app.panels.bg.value = BG            # the background-colour control, as the page would set it
         ic, k = app.server.initial_camera, app.world_scale    # the page works in scaled "viewer units"
         ic.position, ic.look_at, ic.up, ic.fov = (0.0, -0.8 * k, -2.0 * k), (0.0, 0.0, 0.0), (0.0, -1.0, 0.0), 0.87
 
@@ -68,7 +68,7 @@ def test_browser_shows_scene(path, tmp_path):
                 shot = browser.screenshot()
                 cam = stream.client.camera
                 assert (cam.image_width, cam.image_height) == (W, H)
-                ref = app.renderer.render(app.camera_to_world(cam), cam.fov, W, H,
+                ref = app.renderer.render(camera_to_world(cam, app.world_scale), cam.fov, W, H,
                                           RenderSettings(background=tuple(c / 255 for c in BG)))
                 metrics = _metrics(shot, ref)
                 best = (metrics, shot, ref)
@@ -77,7 +77,7 @@ def test_browser_shows_scene(path, tmp_path):
             # the page's Screenshot button: server path renders it, client path asks the browser for its canvas
             captured = {}
             stream.client.send_file_download = lambda name, content, **kw: captured.update(name=name, data=content)
-            app._screenshot(types.SimpleNamespace(client=stream.client))
+            app.screenshot(stream.client)
         (metrics, shot, ref) = best
         out = Path(os.environ.get("GK_VIEWER_SHOTS", tmp_path))
         out.mkdir(parents=True, exist_ok=True)
