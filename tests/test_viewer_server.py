@@ -265,3 +265,21 @@ def test_send_frame_reaches_the_page_through_visers_message_queue():
             assert msg is not None, "the depth map did not reach the page"
     finally:
         a.close()
+
+
+def test_page_opens_at_home_and_reset_view_returns_there(app):
+    """New pages start at the home camera (here: framing the sphere, no training cameras); after the user
+    moves, the Cameras panel's "Reset view" button puts the camera back."""
+    home = app.home
+    k = app.world_scale
+    assert np.allclose(app.server.initial_camera.position, k * home.position)
+    assert np.allclose(app.server.initial_camera.look_at, k * home.look_at)
+    with ViserTestClient(app.url) as client:
+        _send(client, app, _view([2.5, -0.5, 1.0]))     # the user has moved away
+        app.wait_for_client(10)
+        client.gui_update(app.panels.reset._impl.uuid, value=True)
+        msg = client.wait_message(lambda m: m["type"] == "SetCameraPositionMessage" and not m.get("initial")
+                                  and np.allclose(m["position"], k * home.position, atol=1e-5), 10)
+        assert msg is not None, "Reset view did not move the camera home"
+        look = client.wait_message(lambda m: m["type"] == "SetCameraLookAtMessage" and not m.get("initial"), 5)
+        assert look is not None and np.allclose(look["look_at"], k * home.look_at, atol=1e-5)

@@ -28,6 +28,7 @@ COLMAP_UP = np.array([0.0, -1.0, 0.0])    # COLMAP / OpenCV worlds: y points dow
 COLMAP_FORWARD = np.array([0.0, 0.0, 1.0])  # ... and a reconstruction's frame is often its first camera's
 HOME_FOV = math.radians(50.0)
 HOME_ELEVATION = math.radians(20.0)       # the framing view looks slightly down on the scene
+HOME_ASPECT = 4 / 3                       # the narrowest page the framing plans for (width / height)
 MAX_POINTS = 200_000                      # a random subset this big gives the same percentiles
 
 
@@ -50,13 +51,21 @@ def camera_to_world(cam, world_scale: float) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class SceneFrame:
-    centre: np.ndarray   # [3], scene units
-    radius: float        # half the diagonal of the robust box
+    centre: np.ndarray   # [3], scene units: the centre of the robust box
+    half: np.ndarray     # [3], the box's half-sizes along the world axes
     up: np.ndarray       # [3], unit
+
+    @property
+    def radius(self) -> float:
+        return float(np.linalg.norm(self.half)) + 1e-6
 
     @property
     def world_scale(self) -> float:
         return VIEWER_RADIUS / self.radius
+
+    def reach(self, direction: np.ndarray) -> float:
+        """How far the box reaches from its centre along a unit direction (its support function)."""
+        return float(np.abs(self.half) @ np.abs(direction))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +121,7 @@ def scene_frame(splats: Splats, views: list[CameraView]) -> SceneFrame:
     if inside.sum() < 4:
         inside[:] = True
     up = estimate_up(means[inside], weights[inside], views)
-    return SceneFrame(0.5 * (lo + hi), float(np.linalg.norm(hi - lo)) * 0.5 + 1e-6, up)
+    return SceneFrame(0.5 * (lo + hi), 0.5 * (hi - lo), up)
 
 
 def home_camera(frame: SceneFrame, views: list[CameraView]) -> HomeCamera:
@@ -129,8 +138,12 @@ def home_camera(frame: SceneFrame, views: list[CameraView]) -> HomeCamera:
         forward = np.array([1.0, 0.0, 0.0]) - up[0] * up
     forward = _unit(forward)
     back = -math.cos(HOME_ELEVATION) * forward + math.sin(HOME_ELEVATION) * up
-    # the box's bounding sphere just fits the vertical field of view
-    distance = frame.radius / math.sin(0.5 * HOME_FOV)
+    # the box just fits the view (vertical field of view; the width for a 4:3 page at least): its reach
+    # across the view over the tangent of the half angle, plus its reach towards the camera
+    cam_up = _unit(up - (up @ back) * back)
+    right = np.cross(cam_up, back)
+    tan_half = math.tan(0.5 * HOME_FOV)
+    distance = frame.reach(back) + max(frame.reach(cam_up) / tan_half, frame.reach(right) / (tan_half * HOME_ASPECT))
     return HomeCamera(frame.centre + distance * back, frame.centre.copy(), up.copy(), HOME_FOV)
 
 
