@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from gsplat_kit.scene.splats import Splats
-from gsplat_kit.viewer.camera import Frusta, home_camera, jump_to_view, move_client_camera, scene_frame
+from gsplat_kit.viewer.camera import Frusta, go_home, home_camera, jump_to_view, scene_frame, set_home
 from gsplat_kit.viewer.client_splats import ClientSplats
 from gsplat_kit.viewer.panels import RENDER_PATHS, build_panels
 from gsplat_kit.viewer.render import RenderSettings, SplatRenderer
@@ -155,7 +155,7 @@ class ViewerApp:
         if views is not None or reset_camera:
             self.frusta.draw(self.views, self.world_scale)
         if reset_camera:
-            self._set_initial_camera()
+            set_home(self.server, self.home, self.world_scale)
         self._upload_client_splats()
         self._streams.refresh_all()
 
@@ -204,23 +204,10 @@ class ViewerApp:
                 self.panels.show_status(self.scene, f"  \nclient path shows the {shown:,} most visible")
 
     # ---------------------------------------------------------------- cameras
-    def _set_initial_camera(self):
-        """New pages open at the home camera; pages already open are moved there too."""
-        h, k = self.home, self.world_scale
-        ic = self.server.initial_camera
-        ic.position, ic.look_at, ic.up, ic.fov = tuple(k * h.position), tuple(k * h.look_at), tuple(h.up), h.fov
-        for client in list(self.server.get_clients().values()):
-            self.reset_view(client)
-
     def reset_view(self, client):
         """Moves this page's camera back to the home camera ("Reset view")."""
-        if client is None or self.home is None:
-            return
-        try:
-            move_client_camera(client, self.home.position, self.home.look_at, self.home.up, self.home.fov,
-                               self.world_scale)
-        except Exception:   # a page that disconnects meanwhile
-            pass
+        if self.home is not None:
+            go_home(client, self.home, self.world_scale)
 
     def screenshot(self, client):
         """Sends this page a PNG download of its current view."""
@@ -236,13 +223,7 @@ class ViewerApp:
     # ---------------------------------------------------------------- lifecycle
     def wait_for_client(self, timeout: float = 30.0) -> ClientStream:
         """Blocks until a browser has connected (tests, scripts)."""
-        t_end = time.time() + timeout
-        while time.time() < t_end:
-            s = self.streams()
-            if s:
-                return s[0]
-            time.sleep(0.05)
-        raise TimeoutError(f"no browser connected to {self.url} within {timeout:.0f} s")
+        return self._streams.wait_first(timeout, self.url)
 
     def close(self):
         self._streams.close()

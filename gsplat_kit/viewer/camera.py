@@ -160,14 +160,27 @@ def frustum_scale(views: list[CameraView]) -> float:
     return min(0.5 * float(np.median(d.min(1))), 0.05 * extent)
 
 
-def move_client_camera(client, position, look_at, up, fov: float | None, world_scale: float):
-    """Puts a page's camera at a pose given in scene units."""
-    with client.atomic():
-        client.camera.up_direction = tuple(up)
-        client.camera.position = tuple(world_scale * np.asarray(position))
-        client.camera.look_at = tuple(world_scale * np.asarray(look_at))
-        if fov is not None:
-            client.camera.fov = fov
+def go_home(client, home: HomeCamera, world_scale: float):
+    """Puts a page's camera at the home camera (a page that disconnects meanwhile is left alone)."""
+    if client is None:
+        return
+    try:
+        with client.atomic():
+            client.camera.up_direction = tuple(home.up)
+            client.camera.position = tuple(world_scale * home.position)
+            client.camera.look_at = tuple(world_scale * home.look_at)
+            client.camera.fov = home.fov
+    except Exception:
+        pass
+
+
+def set_home(server, home: HomeCamera, world_scale: float):
+    """New pages open at the home camera (viser's initial camera); pages already open are moved there."""
+    ic = server.initial_camera
+    ic.position, ic.look_at = tuple(world_scale * home.position), tuple(world_scale * home.look_at)
+    ic.up, ic.fov = tuple(home.up), home.fov
+    for client in list(server.get_clients().values()):
+        go_home(client, home, world_scale)
 
 
 class Frusta:

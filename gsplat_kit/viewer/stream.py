@@ -151,6 +151,16 @@ class Streams:
         with self._lock:
             return list(self._live.values())
 
+    def wait_first(self, timeout: float, url: str) -> ClientStream:
+        """Blocks until a page has connected; returns its stream."""
+        t_end = time.time() + timeout
+        while time.time() < t_end:
+            live = self.live()
+            if live:
+                return live[0]
+            time.sleep(0.05)
+        raise TimeoutError(f"no browser connected to {url} within {timeout:.0f} s")
+
     def refresh_all(self):
         for s in self.live():
             s.refresh()
