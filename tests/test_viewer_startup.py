@@ -16,8 +16,10 @@ from gsplat_kit.viewer.synthetic import sphere_splats
 
 ROOT = Path(__file__).resolve().parents[1]
 CUP = ROOT.parent / "shared" / "data" / "cup_kwrous"
-# a bound well above the process start-up (torch import) on a busy 2-core machine, far below "forever"
-BOUND_S = 30.0
+# Bounds well above what a busy 2-core machine takes (view checks the address before importing torch: about
+# 1.5 s; train loads its scene first: about 15 s), and far below viser's "forever".
+VIEW_BOUND_S = 15.0
+TRAIN_BOUND_S = 60.0
 
 
 @pytest.fixture
@@ -37,13 +39,13 @@ def _run(args, timeout=120):
     return r, time.time() - t0
 
 
-def _assert_one_line_exit_2(r, elapsed, *needles):
+def _assert_one_line_exit_2(r, elapsed, bound, *needles):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     for n in needles:
         assert n in lines[0], (n, lines[0])
-    assert "Traceback" not in r.stderr and elapsed < BOUND_S, elapsed
+    assert "Traceback" not in r.stderr and elapsed < bound, elapsed
 
 
 @pytest.mark.parametrize("case", ["port_out_of_range", "port_taken", "unresolvable_host"])
@@ -56,7 +58,7 @@ def test_cli_view_refuses_an_address_it_cannot_listen_on(case, taken_port, tmp_p
     needle = {"port_out_of_range": "70000", "port_taken": str(taken_port),
               "unresolvable_host": "no-such-host.invalid"}[case]
     r, elapsed = _run(["view", str(ply), *args])
-    _assert_one_line_exit_2(r, elapsed, needle)
+    _assert_one_line_exit_2(r, elapsed, VIEW_BOUND_S, needle)
 
 
 def test_app_and_live_viewer_raise_user_errors_at_once(taken_port):
@@ -91,4 +93,4 @@ def test_default_port_moves_on_when_taken_but_an_explicit_port_does_not(taken_po
 def test_cli_train_viewer_refuses_a_taken_port(taken_port, tmp_path):
     r, elapsed = _run(["train", "--data", str(CUP), "--data-factor", "4", "--out", str(tmp_path / "out"),
                        "--steps", "1", "--no-eval", "--no-progress", "--viewer", "--viewer-port", str(taken_port)])
-    _assert_one_line_exit_2(r, elapsed, str(taken_port))
+    _assert_one_line_exit_2(r, elapsed, TRAIN_BOUND_S, str(taken_port))

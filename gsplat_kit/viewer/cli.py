@@ -27,11 +27,14 @@ def register(subparsers):
 
 
 def _view(args) -> int:
-    from gsplat_kit.viewer.app import ViewerApp   # viser and torch: not needed for --help
+    from gsplat_kit.viewer.server import check_address
 
     if args.max_resolution is not None:
         check_range("--max-resolution", args.max_resolution, lo=16)
     check_range("--client-budget", args.client_budget, lo=1)
+    check_address(args.host, 0 if args.port is None else args.port)   # before torch loads: a bad one fails at once
+
+    from gsplat_kit.viewer.app import ViewerApp   # torch: not needed for --help or a bad address
     app = ViewerApp(args.host, args.port, render_path=args.renderer, device=args.device,
                     client_budget=args.client_budget, max_resolution=args.max_resolution)
     app.panels.path.value = args.path
