@@ -215,8 +215,8 @@ def test_streamed_depth_decodes_like_the_page_shader():
     from gsplat_kit.viewer.stream import encode_frame
 
     depth = np.array([[0.0, 0.5, 1.234567], [12.5, 99.99999, 1e4]], np.float32)
-    msg = encode_frame(np.zeros((2, 3, 3), np.uint8), depth, 90)
-    png = np.asarray(Image.open(io.BytesIO(msg.depth_data)).convert("RGB")).astype(np.float64) / 255
+    _, depth_png = encode_frame(np.zeros((2, 3, 3), np.uint8), depth, 90)
+    png = np.asarray(Image.open(io.BytesIO(depth_png)).convert("RGB")).astype(np.float64) / 255
     decoded = png[..., 2] * 0.00255 + png[..., 1] * 0.6528 + png[..., 0] * 167.1168
     np.testing.assert_allclose(decoded, np.minimum(depth, (2 ** 24 - 1) / 1e5), atol=2e-5)
 
@@ -244,8 +244,9 @@ def test_screenshot_button_downloads_png_of_current_view(app):
 
 
 def test_send_frame_reaches_the_page_through_visers_message_queue():
-    """send_frame is the viewer's one use of viser internals (stream.queue_to_client: a client's private
-    message queue, for frames encoded once by us). This fails when a viser release moves or renames it."""
+    """send_frame reaches viser internals in one function (stream.queue_background_image: viser's message
+    type and a client's private message queue, for frames we encode). This fails when a viser release
+    moves or renames them."""
     from gsplat_kit.viewer.stream import send_frame
 
     a = ViewerApp("127.0.0.1", 0, render_path="client", device="cpu")   # client path: no frames of its own

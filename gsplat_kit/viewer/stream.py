@@ -19,7 +19,6 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
-from viser import _messages
 
 from gsplat_kit.viewer.camera import camera_to_world
 from gsplat_kit.viewer.render import RenderSettings, SplatRenderer
@@ -176,10 +175,10 @@ class Streams:
 
 # ------------------------------------------------------------------------------------------------ frames
 
-def encode_frame(img: np.ndarray, depth: np.ndarray | None, quality: int) -> _messages.BackgroundImageMessage:
-    """The message of viser's `set_background_image(image, depth=...)`, encoded with PIL: JPEG colour and,
-    optionally, depth as viser's 24-bit fixed point (depth * 1e5, most significant byte in red; see its
-    shader) in a PNG at zlib level 1."""
+def encode_frame(img: np.ndarray, depth: np.ndarray | None, quality: int) -> tuple[bytes, bytes | None]:
+    """(JPEG colour, PNG depth or None), as viser's `set_background_image(image, depth=...)` encodes them but
+    with PIL: depth in viser's 24-bit fixed point (depth * 1e5, most significant byte in red; see its
+    shader), zlib level 1."""
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=quality)
     depth_png = None
@@ -189,22 +188,26 @@ def encode_frame(img: np.ndarray, depth: np.ndarray | None, quality: int) -> _me
         dbuf = io.BytesIO()
         Image.fromarray(packed).save(dbuf, format="PNG", compress_level=1)
         depth_png = dbuf.getvalue()
-    return _messages.BackgroundImageMessage(format="jpeg", rgb_data=buf.getvalue(), depth_data=depth_png)
+    return buf.getvalue(), depth_png
 
 
-def queue_to_client(client, message) -> None:
-    """Queues a message to one client. viser has no public call for a pre-encoded background image:
-    `set_background_image` re-encodes, and without OpenCV its imageio PNG encoder is several times slower
-    than PIL at zlib level 1 on a depth map, per frame. So this, the viewer's one use of viser internals,
-    reaches its private message queue; tests/test_viewer_server.py fails if viser changes it."""
+def queue_background_image(client, jpeg: bytes, depth_png: bytes | None) -> None:
+    """Sends one client an encoded background image. viser has no public call for a pre-encoded frame:
+    `set_background_image` encodes itself, and without OpenCV its imageio PNG encoder is several times
+    slower than PIL at zlib level 1 on a depth map, per frame. So this function is the viewer's one use
+    of viser internals (its message type and a client's message queue); tests/test_viewer_server.py
+    fails if a viser release changes them."""
+    from viser import _messages
+
     with warnings.catch_warnings():   # a page that closed while we rendered: nothing to deliver, no noise
         warnings.filterwarnings("ignore", message=".*closed connection.*")
-        client.scene._websock_interface.queue_message(message)
+        client.scene._websock_interface.queue_message(
+            _messages.BackgroundImageMessage(format="jpeg", rgb_data=jpeg, depth_data=depth_png))
 
 
 def send_frame(client, img: np.ndarray, depth: np.ndarray | None, quality: int):
     """Streams a frame as the page's background image (colour, plus depth for compositing)."""
-    queue_to_client(client, encode_frame(img, depth, quality))
+    queue_background_image(client, *encode_frame(img, depth, quality))
 
 
 def encode_png(img: np.ndarray) -> bytes:
