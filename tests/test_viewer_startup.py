@@ -94,3 +94,12 @@ def test_cli_train_viewer_refuses_a_taken_port(taken_port, tmp_path):
     r, elapsed = _run(["train", "--data", str(CUP), "--data-factor", "4", "--out", str(tmp_path / "out"),
                        "--steps", "1", "--no-eval", "--no-progress", "--viewer", "--viewer-port", str(taken_port)])
     _assert_one_line_exit_2(r, elapsed, TRAIN_BOUND_S, str(taken_port))
+
+
+@pytest.mark.parametrize("args, needle", [(["--device", "bogus"], "bogus"), (["--max-resolution", "0"], "--max-resolution"),
+                                          (["--client-budget", "0"], "--client-budget")])
+def test_cli_view_bad_options_are_one_line(args, needle, tmp_path):
+    ply = tmp_path / "scene.ply"
+    ply.write_bytes(b"")
+    r, elapsed = _run(["view", str(ply), "--port", "0", *args])
+    _assert_one_line_exit_2(r, elapsed, TRAIN_BOUND_S, needle)   # --device is checked once torch is loaded
