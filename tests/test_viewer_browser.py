@@ -201,7 +201,7 @@ def test_bare_ply_opens_framed_on_the_scene(trained_run, tmp_path):
         out.mkdir(parents=True, exist_ok=True)
         Image.fromarray(shot).save(out / "first_frame_bare_ply.png")
         c2w = camera_to_world(cam, app.world_scale)
-        frame = scene_frame(app.scene.splats, [])
+        frame = scene_frame(app.scene.splats)
         to_centre = frame.centre - c2w[:3, 3]
         photos = load_viewer_scene(trained_run).views
         mean_forward = np.mean([v.camtoworld[:3, 2] for v in photos], axis=0)

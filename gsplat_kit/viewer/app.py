@@ -150,7 +150,7 @@ class ViewerApp:
         self.settings.sh_degree = self.panels.set_sh_range(self.scene.sh_degree)
         self.panels.show_status(self.scene)
         if reset_camera:
-            frame = scene_frame(splats, self.views)
+            frame = scene_frame(splats)
             self.world_scale, self.home = frame.world_scale, home_camera(frame, self.views)
         if views is not None or reset_camera:
             self.frusta.draw(self.views, self.world_scale)

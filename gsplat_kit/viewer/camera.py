@@ -2,7 +2,7 @@
 
 - page cameras (viser: wxyz + position in "viewer units") <-> OpenCV camera-to-world in scene units;
 - the scene's robust frame: centre and extent of the opacity-weighted 5-95 % box (floaters and
-  far-away background splats do not move it), and the up direction;
+  far-away background splats do not move it), and its up direction (principal axes / COLMAP's -y);
 - the home camera the page opens at and "Reset view" returns to: the first training camera when the
   cameras are known (the user sees what they photographed), else outside the scene looking at its
   centre, framed so the box fills the view;
@@ -93,11 +93,10 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / (np.linalg.norm(v) + 1e-12)
 
 
-def estimate_up(points: np.ndarray, weights: np.ndarray, views: list[CameraView]) -> np.ndarray:
-    """The scene's up: the mean up of the training cameras; without cameras, the scene's thinnest principal
-    axis when it is clearly thinnest and within 45 degrees of COLMAP's up (-y), else -y itself."""
-    if views:
-        return _unit(-np.mean([v.camtoworld[:3, 1] for v in views], axis=0))
+def estimate_up(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The up of a scene without cameras: its thinnest principal axis when that is clearly thinnest and
+    within 45 degrees of COLMAP's up (-y), else -y itself. (With cameras, the home camera is the first
+    training camera, its own up included.)"""
     w = weights / weights.sum()
     mean = w @ points
     cov = (points - mean).T @ ((points - mean) * w[:, None])
@@ -108,7 +107,7 @@ def estimate_up(points: np.ndarray, weights: np.ndarray, views: list[CameraView]
     return COLMAP_UP.copy()
 
 
-def scene_frame(splats: Splats, views: list[CameraView]) -> SceneFrame:
+def scene_frame(splats: Splats) -> SceneFrame:
     """Robust centre, extent and up of the scene (see the module doc)."""
     means = splats["means"].detach().cpu().double().numpy()
     weights = torch.sigmoid(splats["opacities"].detach().cpu().double()).numpy()
@@ -120,8 +119,7 @@ def scene_frame(splats: Splats, views: list[CameraView]) -> SceneFrame:
     inside = np.all((means >= lo) & (means <= hi), axis=1)
     if inside.sum() < 4:
         inside[:] = True
-    up = estimate_up(means[inside], weights[inside], views)
-    return SceneFrame(0.5 * (lo + hi), 0.5 * (hi - lo), up)
+    return SceneFrame(0.5 * (lo + hi), 0.5 * (hi - lo), estimate_up(means[inside], weights[inside]))
 
 
 def home_camera(frame: SceneFrame, views: list[CameraView]) -> HomeCamera:
