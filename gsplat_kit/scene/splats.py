@@ -23,6 +23,7 @@ RUN_PLY = "point_cloud.ply"
 CKPT_DIR = "ckpts"
 CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+SH_C0 = 0.28209479177387814   # Y_0^0, the degree-0 SH band: colour = SH_C0 * sh0 + 0.5
 
 
 class SplatLoadError(UserError):
