@@ -83,6 +83,10 @@ def _train(args) -> int:
         raise UserError(f"--data {cfg.data}: no such folder")
     if cfg.resume and cfg.resume != "auto" and not os.path.isfile(cfg.resume):
         raise UserError(f"--resume {cfg.resume}: no such checkpoint")
+    if cfg.viewer:  # a port the viewer cannot listen on fails now, not after the scene has loaded
+        from gsplat_kit.viewer.live import LiveViewer
+
+        LiveViewer.check_port(cfg.viewer_port)
     from gsplat_kit.train.trainer import Trainer
 
     run = RunFolder.claim(cfg.out, "train", resume=cfg.resumes_in_place(), overwrite=args.overwrite)
