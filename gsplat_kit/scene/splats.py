@@ -1,6 +1,7 @@
 """Gaussian splats as data: the `Splats` type (gsplat's parameter names, raw parameters as training
-keeps them), its activation, and `load_splats`, the one loader of a .ply, a training checkpoint or a run
-folder (one rule for which file of a folder).
+keeps them), its activation, and `load_splats`, the one loader of a splat file (.ply, compressed .ply,
+.splat, .spz: see gsplat_kit.scene.formats), a training checkpoint or a run folder (one rule for which
+file of a folder).
 
 Raw parameters: means [N,3], quats [N,4] (w, x, y, z, any norm), scales [N,3] (log), opacities [N]
 (logit), sh0 [N,1,3] and shN [N,(d+1)^2-1,3] (SH coefficients).
@@ -154,12 +155,6 @@ def run_folder_file(folder: str | os.PathLike) -> Path:
                          f"in this folder")
 
 
-def _read_ply(path: Path) -> dict:
-    from gsplat_kit.scene.ply import load_ply
-
-    return load_ply(str(path))
-
-
 def _read_checkpoint(path: Path) -> dict:
     from gsplat_kit.common.safe_load import load_torch_data
 
@@ -173,8 +168,15 @@ def _read_checkpoint(path: Path) -> dict:
     return {k.rsplit(".", 1)[-1]: v for k, v in ck.items() if isinstance(v, torch.Tensor)}  # "splats.means" -> "means"
 
 
-# Readers by file suffix: each returns raw parameters (a dict of arrays or tensors).
-READERS = {".ply": _read_ply, **{s: _read_checkpoint for s in CHECKPOINT_SUFFIXES}}
+def _format_readers() -> dict:
+    from gsplat_kit.scene.formats import FORMATS
+
+    return {f.suffix: f.read for f in FORMATS.values() if f.suffix.count(".") == 1}  # .compressed.ply is a .ply
+
+
+# Readers by file suffix: each returns raw parameters (a dict of arrays or tensors). A .ply is either layout
+# (the 3DGS one or PlayCanvas' compressed one: told apart by its header).
+READERS = {**_format_readers(), **{s: _read_checkpoint for s in CHECKPOINT_SUFFIXES}}
 
 
 def resolve_splat_file(path: str | os.PathLike) -> Path:
