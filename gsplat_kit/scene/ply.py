@@ -76,7 +76,7 @@ def _header_error(path, head: bytes, e: plyfile.PlyHeaderParseError) -> PlyError
     if e.message == "early end-of-file":
         return PlyError(f"{path}: truncated header (no end_header)")
     text = lines[e.line - 1][:60].decode("ascii", "replace").strip() if e.line and e.line <= len(lines) else "?"
-    return PlyError(f"{path}: malformed header line {text!r} ({e.message})")
+    return PlyError(f"{path}: malformed header line {text!r} ({e.message.split(' not in ')[0]})")
 
 
 def _parse_header(path, f, size: int) -> tuple[plyfile.PlyData, int]:
@@ -89,9 +89,10 @@ def _parse_header(path, f, size: int) -> tuple[plyfile.PlyData, int]:
         if e.message == "early end-of-file" and size > MAX_HEADER_BYTES:
             raise PlyError(f"{path}: no end_header in the first {MAX_HEADER_BYTES} bytes") from None
         raise _header_error(path, head, e) from None
-    except UnicodeDecodeError as e:
-        line = head[:e.start].count(b"\n") + 1
-        raise PlyError(f"{path}: non-ASCII bytes in header line {line}") from None
+    except UnicodeDecodeError:
+        first = next(i for i, b in enumerate(head) if b >= 0x80)
+        line = head[:first].count(b"\n") + 1
+        raise PlyError(f"{path}: non-ASCII byte in header line {line}") from None
     except (ValueError, TypeError, KeyError, IndexError) as e:  # e.g. two properties of one name
         raise PlyError(f"{path}: malformed header ({e})") from None
     return header, stream.tell()
@@ -123,6 +124,9 @@ def read_ply(path) -> plyfile.PlyData:
         size = os.fstat(f.fileno()).st_size
         header, header_len = _parse_header(path, f, size)
         _check_sizes(path, header, size - header_len)
+        if "vertex" in header and any(isinstance(p, plyfile.PlyListProperty) for p in header["vertex"].properties):
+            # splats are one fixed-size record per vertex; a list there is a mesh (or garbage)
+            raise PlyError(f"{path}: list property in the vertex element: not a 3DGS point cloud")
         f.seek(0)
         try:
             if header.text:
@@ -146,10 +150,7 @@ def read_ply(path) -> plyfile.PlyData:
 def _vertex_table(path, data: plyfile.PlyData) -> np.ndarray:
     if "vertex" not in data:
         raise PlyError(f"{path}: no vertex element")
-    vertex = data["vertex"].data
-    if any(vertex.dtype[a].kind == "O" for a in vertex.dtype.names):
-        raise PlyError(f"{path}: list property in the vertex element: not a 3DGS point cloud")
-    return vertex
+    return data["vertex"].data
 
 
 def load_ply(path: str) -> dict:
@@ -186,8 +187,10 @@ def _splat_params(path, vertex: np.ndarray) -> dict:
         table = np.asarray(vertex).view("<f4").reshape(n, len(names))
         index = {a: i for i, a in enumerate(names)}
         stack = lambda attrs: table[:, [index[a] for a in attrs]]
-    else:
-        stack = lambda attrs: np.stack([vertex[a].astype(np.float32) for a in attrs], 1)
+    else:  # other types and byte orders; float64 beyond float32's range becomes inf (refused below)
+        def stack(attrs):
+            with np.errstate(over="ignore"):
+                return np.stack([vertex[a].astype(np.float32) for a in attrs], 1)
     rest = stack([f"f_rest_{i}" for i in range(n_rest)]) if n_rest else np.zeros((n, 0), np.float32)
     return {
         "means": stack(["x", "y", "z"]),
