@@ -473,3 +473,51 @@ def test_malformed_files_name_the_file(tmp_path):
         assert name in str(ei.value), (name, str(ei.value))
         assert isinstance(ei.value, (spz.SpzError, splat.SplatFileError, PlyError, SplatLoadError)), name
     assert sorted(os.listdir(bad)) == sorted(cases)  # nothing written beside them
+
+
+# ---- a third-party implementation: the npm package spz-js (1.2.5), when it is installed -------------------
+
+_SPZ_JS = os.environ.get("GSPLAT_KIT_SPZ_JS")  # a folder with node_modules/spz-js (npm install --prefix DIR spz-js@1.2.5)
+_NODE_SCRIPT = """
+import { readFileSync, writeFileSync, createReadStream } from 'fs';
+import { Readable } from 'stream';
+import { loadPly, loadSpz, serializePly, serializeSpz, loadCompressedPly, serializeCompressedPly } from 'spz-js';
+const dir = process.argv[2];
+const stream = (f) => Readable.toWeb(createReadStream(`${dir}/${f}`));
+writeFileSync(`${dir}/js_from_our_spz.ply`, Buffer.from(serializePly(await loadSpz(readFileSync(`${dir}/ours_v2.spz`)))));
+writeFileSync(`${dir}/js_from_our_compressed.ply`, Buffer.from(serializePly(await loadCompressedPly(stream('ours.compressed.ply')))));
+writeFileSync(`${dir}/js.spz`, Buffer.from(await serializeSpz(await loadPly(stream('ours.ply')))));
+writeFileSync(`${dir}/js.compressed.ply`, Buffer.from(serializeCompressedPly(await loadPly(stream('ours.ply')))));
+"""
+
+
+@pytest.mark.skipif(not _SPZ_JS or not os.path.isdir(os.path.join(_SPZ_JS or "", "node_modules", "spz-js")),
+                    reason="set GSPLAT_KIT_SPZ_JS to a folder where `npm install spz-js@1.2.5` ran")
+def test_spz_js_agrees(tmp_path):
+    """spz-js (a TypeScript port of Niantic's library, with a PlayCanvas compressed .ply codec) decodes our
+    .spz (v2, the newest it reads) and compressed .ply to the same values as our decoders, and its files
+    load within the formats' bounds."""
+    import subprocess
+
+    s = _splats(n=1000, degree=3, seed=11)
+    save_splats(tmp_path / "ours.ply", s)
+    save_splats(tmp_path / "ours_v2.spz", s, spz_version=2)
+    save_splats(tmp_path / "ours.compressed.ply", s)
+    script = os.path.join(_SPZ_JS, "gsplat_kit_xcheck.mjs")  # beside node_modules, so that the import resolves
+    with open(script, "w") as f:
+        f.write(_NODE_SCRIPT)
+    subprocess.run(["node", script, str(tmp_path)], check=True, timeout=120)
+    for ours, theirs in (("ours_v2.spz", "js_from_our_spz.ply"), ("ours.compressed.ply", "js_from_our_compressed.ply")):
+        a, b = _loaded(tmp_path / ours), _loaded(tmp_path / theirs)
+        for k in ("means", "scales", "sh0", "opacities"):
+            assert np.abs(a[k] - b[k]).max() <= 1e-5, (ours, k)
+        assert np.abs(a["shN"] - b["shN"]).max() <= 1 / 256, ours  # its SH dequantisation differs by < a step
+        assert _quat_error(a["quats"], b["quats"]) <= 1e-5, ours
+    src = _np(s)
+    t = _loaded(tmp_path / "js.spz")
+    assert np.abs(t["means"] - src["means"]).max() <= 2.0 ** -13 + 1e-6
+    assert np.abs(t["scales"] - src["scales"]).max() <= 1 / 32 + 1e-5
+    assert np.abs(t["shN"] - src["shN"]).max() <= 1 / 16 + 1 / 256 + 1e-6
+    assert _xyz_error_v2(t["quats"], src["quats"]) <= 0.5 / 127.5 + 2e-3
+    t = _loaded(tmp_path / "js.compressed.ply")
+    assert t["means"].shape == src["means"].shape and np.abs(np.sort(t["means"], 0) - np.sort(src["means"], 0)).max() < 0.01
