@@ -8,6 +8,7 @@ Raw parameters: means [N,3], quats [N,4] (w, x, y, z, any norm), scales [N,3] (l
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -24,6 +25,7 @@ RUN_PLY = "point_cloud.ply"
 CKPT_DIR = "ckpts"
 CKPT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+SH_C0 = 0.28209479177387814   # Y_0^0, the degree-0 SH band: colour = SH_C0 * sh0 + 0.5
 
 
 class SplatLoadError(UserError):
@@ -168,15 +170,21 @@ def _read_checkpoint(path: Path) -> dict:
     return {k.rsplit(".", 1)[-1]: v for k, v in ck.items() if isinstance(v, torch.Tensor)}  # "splats.means" -> "means"
 
 
-def _format_readers() -> dict:
+@functools.cache
+def _readers() -> dict:
+    """Readers by file suffix: each returns raw parameters (a dict of arrays or tensors). A .ply is either
+    layout (the 3DGS one or PlayCanvas' compressed one: the reader tells them apart by the header)."""
     from gsplat_kit.scene.formats import FORMATS
 
-    return {f.suffix: f.read for f in FORMATS.values() if f.suffix.count(".") == 1}  # .compressed.ply is a .ply
+    files = {f.suffix: f.read for f in FORMATS.values() if f.suffix.count(".") == 1}  # .compressed.ply is a .ply
+    return {**files, **{s: _read_checkpoint for s in CHECKPOINT_SUFFIXES}}
 
 
-# Readers by file suffix: each returns raw parameters (a dict of arrays or tensors). A .ply is either layout
-# (the 3DGS one or PlayCanvas' compressed one: told apart by its header).
-READERS = {**_format_readers(), **{s: _read_checkpoint for s in CHECKPOINT_SUFFIXES}}
+def __getattr__(name):
+    # READERS is built on first use: the format modules import this one (SH_C0, Splats)
+    if name == "READERS":
+        return _readers()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_splat_file(path: str | os.PathLike) -> Path:
@@ -192,8 +200,8 @@ def resolve_splat_file(path: str | os.PathLike) -> Path:
 def load_splats(path: str | os.PathLike, device="cpu") -> Splats:
     """Splats from a file (by suffix: see READERS) or a run folder; validated, float32, on `device`."""
     path = resolve_splat_file(path)
-    reader = READERS.get(path.suffix.lower())
+    reader = _readers().get(path.suffix.lower())
     if reader is None:
         raise SplatLoadError(f"{path}: unknown splat file type {path.suffix!r}; known: "
-                             f"{', '.join(sorted(READERS))} or a run folder")
+                             f"{', '.join(sorted(_readers()))} or a run folder")
     return Splats.checked(reader(path), str(path)).to(device)
