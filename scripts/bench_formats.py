@@ -95,7 +95,7 @@ def scene_from_sfm(num: int, seed: int = 0) -> dict:
     from scipy.spatial import cKDTree
 
     from gsplat_kit.scene.colmap import read_points3D_binary
-    from gsplat_kit.scene.formats.packing import SH_C0
+    from gsplat_kit.scene.splats import SH_C0
 
     pts = read_points3D_binary(os.path.join(ROOT, "..", "shared", "data", "cup_kwrous", "sparse", "0", "points3D.bin"))
     rng = np.random.default_rng(seed)

@@ -20,6 +20,7 @@ from gsplat_kit.common.errors import UserError
 from gsplat_kit.scene.formats import compressed_ply, spz, splat
 from gsplat_kit.scene.formats.packing import numpy_params
 from gsplat_kit.scene.ply import load_ply, save_ply, write_elements
+from gsplat_kit.scene.splats import Splats
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,6 @@ def format_for(path, name: str | None = None) -> SplatFormat:
 def save_splats(path, splats, fmt: str | None = None, **options) -> SplatFormat:
     """Writes splats (a Splats or raw parameters) to `path` in the format its extension (or `fmt`) names;
     returns the format."""
-    from gsplat_kit.scene.splats import Splats
-
     form = format_for(path, fmt)
     checked = Splats.checked(splats.params if isinstance(splats, Splats) else splats, f"{path} (to write)")
     form.write(path, numpy_params(checked), **options)

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gsplat_kit.scene.formats.packing import SH_C0, SQRT1_2, logit_of_fraction, sigmoid, unit_quats
+from gsplat_kit.scene.formats.packing import SQRT1_2, logit_of_fraction, sigmoid, unit_quats
+from gsplat_kit.scene.splats import SH_C0
 
 CHUNK = 256
 CHUNK_PROPS = ["min_x", "min_y", "min_z", "max_x", "max_y", "max_z",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SH_C0 = 0.28209479177387814  # Y_0^0: a DC coefficient c shows the colour SH_C0 * c + 0.5
+from gsplat_kit.scene.splats import SH_C0
+
 SQRT1_2 = 0.7071067811865476  # the largest a quaternion's other components can be after the largest is dropped
 
 
