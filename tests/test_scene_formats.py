@@ -72,7 +72,7 @@ def _loaded(path):
 
 # ---- round trips within the stated bounds ---------------------------------------------------------------
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 @pytest.mark.parametrize("degree", [0, 1, 3])
 def test_spz_round_trip_within_bounds(tmp_path, version, degree):
     s = _splats(degree=degree)
@@ -88,7 +88,7 @@ def test_spz_round_trip_within_bounds(tmp_path, version, degree):
         assert np.abs(t["shN"][:, :3] - src["shN"][:, :3]).max() <= 1 / 32 + 1 / 256 + 1e-6  # 5 bits (+ the 8-bit rounding)
     if degree > 1:
         assert np.abs(t["shN"][:, 3:] - src["shN"][:, 3:]).max() <= 1 / 16 + 1 / 256 + 1e-6  # 4 bits
-    if version == 3:  # smallest three: 9 bits of sqrt(1/2) a component, the largest recomputed
+    if version >= 3:  # smallest three: 9 bits of sqrt(1/2) a component, the largest recomputed
         assert _quat_error(t["quats"], src["quats"]) <= 4 * math.sqrt(0.5) / 1022
     else:
         assert _xyz_error_v2(t["quats"], src["quats"]) <= 0.5 / 127.5 + 2e-3
@@ -98,7 +98,7 @@ def test_spz_large_scenes_trade_precision_for_range(tmp_path):
     s = _splats(n=50, degree=0, extent=30000.0)
     p = tmp_path / "far.spz"
     save_splats(p, s)
-    bits = gzip.decompress(p.read_bytes())[13]
+    bits = gzip.decompress(p.read_bytes())[13]  # (v3: gzip)
     assert bits < 12 and 30000 * 2 ** bits < 2 ** 23
     assert np.abs(_loaded(p)["means"] - _np(s)["means"]).max() <= 2.0 ** -(bits + 1) + 1e-3
     s["means"][0, 0] = 1e8
@@ -207,17 +207,35 @@ def _spz_by_hand(version, means, quats_wxyz, log_scales, opacities, sh0, shN):
     return gzip.compress(bytes(out))
 
 
-@pytest.mark.parametrize("version", [2, 3])
+def _spz_v4_by_hand(v3_gzip: bytes, degree: int, n: int) -> bytes:
+    """The attributes of a hand-written v3 file re-packed as version 4: a 32-byte header, the table of
+    contents and one zstd frame per attribute (from the format's README)."""
+    import zstandard
+
+    raw = gzip.decompress(v3_gzip)
+    sizes = [9, 1, 3, 3, 4, 3 * {0: 0, 1: 3, 2: 8, 3: 15}[degree]]
+    streams, at = [], 16
+    for size in sizes:
+        if size:
+            streams.append(raw[at:at + n * size])
+        at += n * size
+    frames = [zstandard.ZstdCompressor(level=3).compress(b) for b in streams]
+    head = struct.pack("<IIIBBBBI", 0x5053474E, 4, n, degree, 12, 0, len(frames), 32) + bytes(12)
+    return head + b"".join(struct.pack("<QQ", len(f), len(b)) for f, b in zip(frames, streams)) + b"".join(frames)
+
+
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_spz_from_an_independent_writer_loads(tmp_path, version):
     src = _np(_splats(n=64, degree=2, seed=3))
     p = tmp_path / "other.spz"
-    p.write_bytes(_spz_by_hand(version, src["means"], src["quats"], src["scales"], src["opacities"],
-                               src["sh0"][:, 0], src["shN"]))
+    blob = _spz_by_hand(min(version, 3), src["means"], src["quats"], src["scales"], src["opacities"],
+                        src["sh0"][:, 0], src["shN"])
+    p.write_bytes(_spz_v4_by_hand(blob, 2, 64) if version == 4 else blob)
     t = _loaded(p)
     assert np.abs(t["means"] - src["means"]).max() <= 2.0 ** -13 + 1e-6
     assert np.abs(t["shN"] - src["shN"]).max() <= 1 / 256 + 1e-6  # 8-bit SH from this writer
     assert np.abs(t["scales"] - src["scales"]).max() <= 1 / 32 + 1e-5
-    if version == 3:
+    if version >= 3:
         assert _quat_error(t["quats"], src["quats"]) <= 4 * math.sqrt(0.5) / 1022
     else:
         assert _xyz_error_v2(t["quats"], src["quats"]) <= 0.5 / 127.5 + 2e-3
@@ -379,6 +397,9 @@ def test_export_every_format_and_back(tmp_path):
     r = _cli("export", "a.spz", "--out", "b.spz", "--spz-version", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert gzip.decompress((tmp_path / "b.spz").read_bytes())[4] == 2
+    r = _cli("export", "b.spz", "--out", "c.spz", "--spz-version", "4", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "c.spz").read_bytes()[:5] == b"NGSP\x04", r.stderr
+    assert load_splats(tmp_path / "c.spz").num == 300
     r = _cli("export", "a.spz", "--out", "c.ply", "--format", "compressed-ply", cwd=tmp_path)
     assert r.returncode == 0 and "packed_position" in (tmp_path / "c.ply").read_bytes()[:2000].decode("ascii", "replace")
     # the old behaviour: an unknown extension silently became a .ply; now it is one line naming the formats
@@ -431,7 +452,31 @@ def _spz_cases(good: bytes):
         "zero_count": with_header(n=(8, "<I", 0)),
         "sh_degree_7": with_header(d=(12, "<B", 7)),
         "fraction_bits_40": with_header(b=(13, "<B", 40)),
-        "zstd_v4": b"NGSP" + bytes(28),
+    }
+
+
+def _spz_v4_cases(good: bytes):
+    n = struct.unpack_from("<I", good, 8)[0]
+
+    def patched(off, fmt, value):
+        b = bytearray(good)
+        struct.pack_into(fmt, b, off, value)
+        return bytes(b)
+
+    return {
+        "v4_header_cut": good[:20],
+        "v4_zero_header": b"NGSP" + bytes(28),
+        "v4_stream_cut": good[:-7],
+        "v4_trailing_bytes": good + b"xx",
+        "v4_huge_count": patched(8, "<I", 0x7FFFFFFF),
+        "v4_version_3_in_zstd": patched(4, "<I", 3),
+        "v4_stream_count": patched(15, "<B", 9),
+        "v4_toc_outside": patched(16, "<I", 1 << 30),
+        "v4_toc_inside_header": patched(16, "<I", 8),
+        "v4_unpacked_size_lies": patched(32 + 8, "<Q", 9 * n + 1),
+        "v4_packed_size_huge": patched(32, "<Q", 1 << 40),
+        "v4_corrupt_frame": good[:32 + 6 * 16 + 4] + bytes(b ^ 0xA5 for b in good[32 + 6 * 16 + 4:32 + 6 * 16 + 12])
+                            + good[32 + 6 * 16 + 12:],
     }
 
 
@@ -452,9 +497,11 @@ def _compressed_cases(good: bytes):
 def test_malformed_files_name_the_file(tmp_path):
     s = _splats(n=300, degree=1)
     save_splats(tmp_path / "good.spz", s)
+    save_splats(tmp_path / "good4.spz", s, spz_version=4)
     save_splats(tmp_path / "good.compressed.ply", s)
     save_splats(tmp_path / "good.splat", s)
     cases = {f"{k}.spz": v for k, v in _spz_cases((tmp_path / "good.spz").read_bytes()).items()}
+    cases.update({f"{k}.spz": v for k, v in _spz_v4_cases((tmp_path / "good4.spz").read_bytes()).items()})
     cases.update({f"{k}.ply": v for k, v in _compressed_cases((tmp_path / "good.compressed.ply").read_bytes()).items()})
     good_splat = (tmp_path / "good.splat").read_bytes()
     nan_pos = bytearray(good_splat)

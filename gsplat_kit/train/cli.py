@@ -228,6 +228,7 @@ def register(subparsers):
     p.add_argument("--out", required=True, help="output file: .ply, .compressed.ply, .splat or .spz")
     p.add_argument("--format", choices=EXPORT_FORMATS, default=None,
                    help="default: from the --out extension (compressed-ply also takes a plain .ply name)")
-    p.add_argument("--spz-version", type=int, choices=[2, 3], default=None,
-                   help=".spz format version (default 3: smallest-three rotations; 2 for older readers)")
+    p.add_argument("--spz-version", type=int, choices=[2, 3, 4], default=None,
+                   help=".spz format version (default 3: gzip, smallest-three rotations; 4: zstd streams, for "
+                   "Niantic's current library; 2 for older readers)")
     p.set_defaults(func=_export)

@@ -3,7 +3,7 @@
   ply             the original 3DGS .ply (float32, every parameter exact)            scene/ply.py
   compressed-ply  PlayCanvas/SuperSplat's chunked, quantised .ply (*.compressed.ply)  formats/compressed_ply.py
   splat           antimatter15's .splat (32 bytes a Gaussian, no higher SH bands)     formats/splat.py
-  spz             Niantic's .spz (gzip, quantised, versions 1-3 read, 2-3 written)    formats/spz.py
+  spz             Niantic's .spz (quantised; gzip v1-3, zstd v4; 2-4 written)         formats/spz.py
 
 Readers return raw parameters (means, quats, scales, opacities, sh0, shN); `load_splats` (scene/splats.py)
 validates them. A .ply of either layout reads through the same reader, which tells them apart by the
@@ -52,7 +52,7 @@ FORMATS = {f.name: f for f in [
     SplatFormat("ply", ".ply", "3DGS, exact", load_ply, save_ply),
     SplatFormat("compressed-ply", ".compressed.ply", "PlayCanvas, quantised", load_ply, _write_compressed_ply),
     SplatFormat("splat", ".splat", "antimatter15, no higher SH", splat.read, _write_splat),
-    SplatFormat("spz", ".spz", "Niantic, quantised + gzip", spz.read, _write_spz),
+    SplatFormat("spz", ".spz", "Niantic, quantised + gzip/zstd", spz.read, _write_spz),
 ]}
 
 

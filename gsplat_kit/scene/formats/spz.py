@@ -1,8 +1,12 @@
-"""Niantic's `.spz`: a gzip stream of a 16-byte header and the Gaussians' attributes, each quantised,
-stored attribute by attribute (versions 1-3 of the format; version 4 switched to zstd streams).
+"""Niantic's `.spz`: the Gaussians' attributes, each quantised, stored attribute by attribute.
 
-Header (little-endian): magic 0x5053474E ("NGSP"), version u32, count u32, SH degree u8, fractional bits
-u8, flags u8 (0x1: trained antialiased), reserved u8. Then, for all Gaussians in turn:
+Versions 1-3: one gzip stream of a 16-byte header and the attributes. Header (little-endian): magic
+0x5053474E ("NGSP"), version u32, count u32, SH degree u8, fractional bits u8, flags u8 (0x1: trained
+antialiased), reserved u8.
+Version 4: a plain 32-byte header (the same fields, then number of streams u8, byte offset of the table
+of contents u32, 12 reserved bytes), optional extension records up to that offset, the table (per stream:
+compressed size u64, uncompressed size u64) and one zstd frame per non-empty attribute, in the order below.
+The attributes, for all Gaussians in turn:
   positions  3 x 24-bit signed fixed point with `fractional bits` bits after the point (v1: float16)
   alphas     u8: sigmoid(opacity) * 255
   colours    u8 x3: DC coefficient * 0.15 * 255 + 127.5 (0.15, not SH_C0, leaves room for DC values
@@ -15,6 +19,7 @@ u8, flags u8 (0x1: trained antialiased), reserved u8. Then, for all Gaussians in
   SH         u8 per coefficient, coefficient-major with the colour channel inner: x * 128 + 128,
              rounded to 5 bits for degree 1 and 4 bits above (the gzip stream then compresses better)
 Coordinates are stored as given (no axis conversion), as Niantic's ply_to_spz does by default.
+Version 3 is written by default: the newest that gzip-only readers (most web viewers) open.
 
 Error bounds of a round trip (writer defaults): positions 2^-(fractional bits + 1) (2^-13 for scenes
 within +-2048), colour (DC) 0.5 / (0.15 * 255), alpha 0.5 / 255, log-scale 1 / 32, rotation components
@@ -23,6 +28,7 @@ within +-2048), colour (DC) 0.5 / (0.15 * 255), alpha 0.5 / 255, log-scale 1 / 3
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 import zlib
 
@@ -33,13 +39,17 @@ from gsplat_kit.scene.formats.packing import SQRT1_2, logit_of_fraction, sigmoid
 
 MAGIC = 0x5053474E
 HEADER = struct.Struct("<IIIBBBB")
-VERSIONS = (1, 2, 3)
-WRITE_VERSIONS = (2, 3)
+HEADER_V4 = struct.Struct("<IIIBBBBI12x")
+TOC_ENTRY = struct.Struct("<QQ")
+VERSIONS = (1, 2, 3, 4)
+WRITE_VERSIONS = (2, 3, 4)
+ZSTD_LEVEL = 12  # the reference writer's level
 COLOR_SCALE = 0.15
 FLAG_ANTIALIASED = 0x1
 MAX_FRACTIONAL_BITS = 12  # the reference writer's precision (1/4096); fewer bits only when a scene needs the range
-# deflate cannot shrink data by more than about 1032:1, so a header claiming more bytes than that is a lie
-_MAX_DEFLATE_RATIO = 1100
+# deflate cannot shrink data by more than about 1032:1, so a header claiming more bytes than that is a lie;
+# zstd can, so for v4 the reference reader's bound holds: 9 bytes of positions a Gaussian at most 1024:1
+_MAX_RATIO = {"gzip": 1100, "zstd": 1024}
 SH_DIMS = {0: 0, 1: 3, 2: 8, 3: 15}
 
 
@@ -86,7 +96,7 @@ def _quantize_sh(x: np.ndarray, bits: int) -> np.ndarray:
 
 
 def encode(params: dict, version: int = 3, antialiased: bool = False, sh1_bits: int = 5, sh_rest_bits: int = 4) -> bytes:
-    """The gzip-compressed .spz bytes of raw parameters (numpy, see packing.numpy_params)."""
+    """The .spz bytes of raw parameters (numpy, see packing.numpy_params): gzip (v2, v3) or zstd streams (v4)."""
     if version not in WRITE_VERSIONS:
         raise UserError(f".spz version {version} cannot be written (versions {', '.join(map(str, WRITE_VERSIONS))})")
     means = params["means"].astype(np.float64)
@@ -108,9 +118,21 @@ def encode(params: dict, version: int = 3, antialiased: bool = False, sh1_bits: 
     sh = params["shN"]
     sh = np.concatenate([_quantize_sh(sh[:, :3], sh1_bits), _quantize_sh(sh[:, 3:], sh_rest_bits)], 1) if sh_dim else \
         np.zeros((n, 0, 3), np.uint8)
-    header = HEADER.pack(MAGIC, version, n, degree, bits, FLAG_ANTIALIASED if antialiased else 0, 0)
-    body = b"".join(np.ascontiguousarray(a).tobytes() for a in (positions, alphas, colors, scales, rotations, sh))
-    return gzip.compress(header + body, compresslevel=6, mtime=0)
+    flags = FLAG_ANTIALIASED if antialiased else 0
+    streams = [np.ascontiguousarray(a).tobytes() for a in (positions, alphas, colors, scales, rotations, sh)]
+    if version >= 4:
+        return _zstd_container(n, degree, bits, flags, [b for b in streams if b])
+    return gzip.compress(HEADER.pack(MAGIC, version, n, degree, bits, flags, 0) + b"".join(streams), compresslevel=6,
+                         mtime=0)
+
+
+def _zstd_container(n, degree, bits, flags, streams: list[bytes]) -> bytes:
+    import zstandard
+
+    frames = [zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(b) for b in streams]
+    header = HEADER_V4.pack(MAGIC, 4, n, degree, bits, flags, len(frames), HEADER_V4.size)
+    toc = b"".join(TOC_ENTRY.pack(len(f), len(b)) for f, b in zip(frames, streams))
+    return header + toc + b"".join(frames)
 
 
 # ---- reading ---------------------------------------------------------------------------------------------
@@ -137,33 +159,96 @@ class _Inflater:
         return b"".join(pieces)
 
 
-def decode(path, blob: bytes) -> dict:
-    if blob[:4] == b"NGSP":
-        raise SpzError(f"{path}: .spz version 4 (zstd streams) is not supported; versions 1-3 (gzip) are")
-    if blob[:2] != b"\x1f\x8b":
-        raise SpzError(f"{path}: not a .spz file (no gzip stream)")
-    stream = _Inflater(path, blob)
-    magic, version, n, degree, bits, flags, _ = HEADER.unpack(stream.take(HEADER.size, "the header"))
+def _check_header(path, magic, version, n, degree, bits, gzip_versions: bool) -> list[tuple[str, int]]:
     if magic != MAGIC:
         raise SpzError(f"{path}: not a .spz file (magic {magic:#010x}, expected {MAGIC:#010x})")
-    if version not in VERSIONS:
-        raise SpzError(f"{path}: .spz version {version} is not supported (versions {VERSIONS[0]}-{VERSIONS[-1]})")
+    if version not in VERSIONS or (version >= 4) == gzip_versions:
+        raise SpzError(f"{path}: .spz version {version} is not supported in a "
+                       f"{'gzip' if gzip_versions else 'zstd'} container (versions 1-3 are gzip, 4 is zstd)")
     if degree not in SH_DIMS:
         raise SpzError(f"{path}: SH degree {degree} is not supported (0-3)")
     if bits > 23:
         raise SpzError(f"{path}: {bits} fractional bits do not fit a 24-bit position")
     if n == 0:
         raise SpzError(f"{path}: the file holds no Gaussians")
-    parts = _record_sizes(version, SH_DIMS[degree])
-    per_point = sum(size for _, size in parts)
-    if n * per_point > len(blob) * _MAX_DEFLATE_RATIO:
-        raise SpzError(f"{path}: the header claims {n} Gaussians ({n * per_point} bytes), more than a {len(blob)}-byte "
-                       f"gzip stream can hold")
+    return _record_sizes(version, SH_DIMS[degree])
+
+
+def _check_count(path, n, parts, blob_size, container):
+    per_point = sum(size for _, size in parts) if container == "gzip" else dict(parts)["positions"]
+    if n * per_point > blob_size * _MAX_RATIO[container]:
+        raise SpzError(f"{path}: the header claims {n} Gaussians ({n * per_point} bytes), more than a {blob_size}-byte "
+                       f"{container} file can hold")
+
+
+def decode(path, blob: bytes) -> dict:
+    if blob[:4] == b"NGSP":
+        return _decode_zstd(path, blob)
+    if blob[:2] != b"\x1f\x8b":
+        raise SpzError(f"{path}: not a .spz file (neither a gzip stream nor an NGSP header)")
+    stream = _Inflater(path, blob)
+    magic, version, n, degree, bits, flags, _ = HEADER.unpack(stream.take(HEADER.size, "the header"))
+    parts = _check_header(path, magic, version, n, degree, bits, gzip_versions=True)
+    _check_count(path, n, parts, len(blob), "gzip")
     raw = {name: np.frombuffer(stream.take(n * size, name), np.uint8).reshape(n, size)
            for name, size in parts}
     out = _unpack(raw, n, version, degree, bits)
     out["antialiased"] = bool(flags & FLAG_ANTIALIASED)
     return out
+
+
+def _decode_zstd(path, blob: bytes) -> dict:
+    if len(blob) < HEADER_V4.size:
+        raise SpzError(f"{path}: truncated: {len(blob)} bytes, shorter than the {HEADER_V4.size}-byte header")
+    magic, version, n, degree, bits, flags, num_streams, toc_at = HEADER_V4.unpack_from(blob)
+    parts = _check_header(path, magic, version, n, degree, bits, gzip_versions=False)
+    _check_count(path, n, parts, len(blob), "zstd")
+    parts = [(name, size) for name, size in parts if size]  # empty attributes (no SH) have no stream
+    if num_streams != len(parts):
+        raise SpzError(f"{path}: {num_streams} streams, expected {len(parts)} (one per non-empty attribute)")
+    toc_end = toc_at + num_streams * TOC_ENTRY.size
+    if toc_at < HEADER_V4.size or toc_end > len(blob):
+        raise SpzError(f"{path}: table of contents at bytes {toc_at}..{toc_end} is not between the "
+                       f"{HEADER_V4.size}-byte header and the end of the file ({len(blob)} bytes)")
+    import zstandard
+
+    raw, at = {}, toc_end
+    for i, (name, size) in enumerate(parts):
+        packed, unpacked = TOC_ENTRY.unpack_from(blob, toc_at + i * TOC_ENTRY.size)
+        if unpacked != n * size:
+            raise SpzError(f"{path}: stream {name} holds {unpacked} bytes, {n} Gaussians need {n * size}")
+        if packed > len(blob) - at:
+            raise SpzError(f"{path}: truncated: stream {name} needs {packed} bytes, the file has {len(blob) - at} left")
+        data = _unzstd(path, name, blob[at:at + packed], n * size)
+        if len(data) != n * size:
+            raise SpzError(f"{path}: stream {name} decompresses to {len(data)} bytes, expected {n * size}")
+        raw[name] = np.frombuffer(data, np.uint8).reshape(n, size)
+        at += packed
+    if at != len(blob):
+        raise SpzError(f"{path}: {len(blob) - at} bytes after the last stream")
+    if SH_DIMS[degree] == 0:
+        raw["sh"] = np.zeros((n, 0), np.uint8)
+    out = _unpack(raw, n, version, degree, bits)
+    out["antialiased"] = bool(flags & FLAG_ANTIALIASED)
+    return out
+
+
+def _unzstd(path, name, frame: bytes, want: int) -> bytes:
+    """A zstd frame inflated piece by piece up to one byte more than `want` (a frame may lie about its size)."""
+    import zstandard
+
+    pieces, got = [], 0
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame))
+        while got <= want:
+            piece = reader.read(min(want + 1 - got, 1 << 24))
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+    except zstandard.ZstdError as e:
+        raise SpzError(f"{path}: corrupt zstd stream {name} ({e})") from None
+    return b"".join(pieces)
 
 
 def _unpack(raw: dict, n: int, version: int, degree: int, bits: int) -> dict:
