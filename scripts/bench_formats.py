@@ -164,12 +164,13 @@ def main():
               f"(no fsync), previous + fsync {w_old_sync:.3f} s")
         print(f"PLY read:  plyfile {r_new:.3f} s, previous hand-written {r_old:.3f} s")
         ply_size = os.path.getsize(ply)
-        for fmt in FORMATS.values():
+        variants = [(f, {}, f.suffix) for f in FORMATS.values()] + [(FORMATS["spz"], {"spz_version": 4}, ".spz v4")]
+        for fmt, options, label in variants:
             path = os.path.join(folder, "scene" + fmt.suffix)
-            w = best_seconds(lambda: save_splats(path, splats, fmt.name), args.repeats)
+            w = best_seconds(lambda: save_splats(path, splats, fmt.name, **options), args.repeats)
             r = best_seconds(lambda: load_splats(path), args.repeats)
             size = os.path.getsize(path)
-            rows.append((fmt.suffix, size, ply_size / size, w, r))
+            rows.append((label, size, ply_size / size, w, r))
         print(f"\n| format | size (MB) | .ply / size | write (s) | load_splats (s) |\n|---|---|---|---|---|")
         for suffix, size, ratio, w, r in rows:
             print(f"| {suffix} | {size / 1e6:.1f} | {ratio:.1f}x | {w:.2f} | {r:.2f} |")

@@ -34,6 +34,10 @@ SH_COUNTS = {0: 0, 9: 3, 24: 8, 45: 15}  # f_rest properties -> SH coefficients 
 SCALE_LIMIT = 20.0
 
 
+# a stored SH byte -> its coefficient: 0 and 255 are the ends of [-4, 4], the others their bucket's centre
+_SH_OF_BYTE = ((np.concatenate([[0.0], (np.arange(1, 255) + 0.5) / 256, [1.0]]) - 0.5) * 8).astype(np.float32)
+
+
 def is_compressed(data) -> bool:
     """Whether a parsed PLY (plyfile.PlyData) has the compressed layout: chunk and vertex elements, the
     vertices carrying packed_* properties."""
@@ -111,9 +115,10 @@ def decode(path, data) -> dict:
         if k not in SH_COUNTS or sh.count != n:
             raise PlyError(f"{path}: compressed PLY: element 'sh' has {k} properties x {sh.count} rows "
                            f"(expected 9, 24 or 45 x {n})")
-        raw = _columns(path, sh, [f"f_rest_{i}" for i in range(k)], "u").astype(np.float64)
-        frac = np.where(raw == 0, 0.0, np.where(raw >= 255, 1.0, (raw + 0.5) / 256))
-        shN = ((frac - 0.5) * 8).reshape(n, 3, SH_COUNTS[k]).transpose(0, 2, 1).astype(np.float32)
+        raw = _columns(path, sh, [f"f_rest_{i}" for i in range(k)], "u")
+        if raw.max(initial=0) > 255:
+            raise PlyError(f"{path}: compressed PLY: SH values above 255")
+        shN = _SH_OF_BYTE[raw.astype(np.uint8)].reshape(n, 3, SH_COUNTS[k]).transpose(0, 2, 1)
     return {
         "means": means.astype(np.float32),
         "scales": scales.astype(np.float32),
@@ -203,10 +208,8 @@ def encode(params: dict) -> tuple[list[tuple[str, np.ndarray]], np.ndarray]:
     shN = params["shN"][order]
     if shN.shape[1]:
         rest = shN.transpose(0, 2, 1).reshape(n, -1).astype(np.float64)  # channel-major
-        quant = np.clip(np.trunc((rest / 8 + 0.5) * 256), 0, 255).astype(np.uint8)
-        sh = np.zeros(n, [(f"f_rest_{i}", "u1") for i in range(rest.shape[1])])
-        for i in range(rest.shape[1]):
-            sh[f"f_rest_{i}"] = quant[:, i]
+        quant = np.ascontiguousarray(np.clip(np.trunc((rest / 8 + 0.5) * 256), 0, 255).astype(np.uint8))
+        sh = quant.view(np.dtype([(f"f_rest_{i}", "u1") for i in range(rest.shape[1])])).reshape(n)  # same bytes
         elements.append(("sh", sh))
     return elements, order
 
