@@ -30,10 +30,10 @@ class SplatFormat:
     summary: str
     read: Callable  # path -> raw parameters
     write: Callable  # (path, numpy raw parameters, **options) -> None
+    also: tuple = ()  # other suffixes its files may carry
 
     def matches(self, path) -> bool:
-        name = str(path).lower()
-        return name.endswith(self.suffix) or (self is FORMATS["compressed-ply"] and name.endswith(".ply"))
+        return str(path).lower().endswith((self.suffix, *self.also))
 
 
 def _write_compressed_ply(path, params):
@@ -50,7 +50,8 @@ def _write_spz(path, params, spz_version: int = 3):
 
 FORMATS = {f.name: f for f in [
     SplatFormat("ply", ".ply", "3DGS, exact", load_ply, save_ply),
-    SplatFormat("compressed-ply", ".compressed.ply", "PlayCanvas, quantised", load_ply, _write_compressed_ply),
+    SplatFormat("compressed-ply", ".compressed.ply", "PlayCanvas, quantised", load_ply, _write_compressed_ply,
+                also=(".ply",)),
     SplatFormat("splat", ".splat", "antimatter15, no higher SH", splat.read, _write_splat),
     SplatFormat("spz", ".spz", "Niantic, quantised + gzip/zstd", spz.read, _write_spz),
 ]}
