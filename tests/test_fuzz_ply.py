@@ -91,6 +91,9 @@ def _binary_cases() -> dict:
     head, body, props = _binary_file()
     row = 4 * props
     cases = _header_cases(head, body, "binary_little_endian")
+    # 300,000 rows of (empty) lists before the vertices: the file holds them, but plyfile would read them one by one
+    faces = f"element face 300000\nproperty list uchar int vertex_indices\nelement vertex {N}"
+    cases["many_list_rows_before_vertices"] = _edit(head, f"element vertex {N}", faces) + bytes(300000) + body
     for k in (0, 1, N // 2, N - 1):
         cases[f"body_cut_after_row_{k}"] = head + body[:k * row]
     cases["body_cut_mid_row"] = head + body[:row + row // 2]
@@ -234,6 +237,7 @@ def test_messages_say_what_is_wrong(tmp_path, monkeypatch):
         "nan_position": r"means holds NaN or inf",
         "empty_vertex_element": r"no Gaussians",
         "vertex_list_property": r"list property in the vertex element",
+        "many_list_rows_before_vertices": r"element 'face' has 300000 rows of list properties",
     }
     for i, (name, pattern) in enumerate(expect.items()):
         sub = tmp_path / str(i)

@@ -24,6 +24,8 @@ from gsplat_kit.common.errors import UserError
 
 # A 3DGS header is about 1.3 KB; a header that does not end within this is not a splat file.
 MAX_HEADER_BYTES = 1 << 20
+# Binary elements with list properties (a mesh's faces) cannot be memory-mapped: plyfile reads them row by row
+MAX_LIST_ROWS = 100_000
 _FORMATS = ("binary_little_endian", "binary_big_endian", "ascii")
 
 
@@ -124,9 +126,14 @@ def read_ply(path) -> plyfile.PlyData:
         size = os.fstat(f.fileno()).st_size
         header, header_len = _parse_header(path, f, size)
         _check_sizes(path, header, size - header_len)
-        if "vertex" in header and any(isinstance(p, plyfile.PlyListProperty) for p in header["vertex"].properties):
-            # splats are one fixed-size record per vertex; a list there is a mesh (or garbage)
-            raise PlyError(f"{path}: list property in the vertex element: not a 3DGS point cloud")
+        for el in header.elements:
+            if not any(isinstance(p, plyfile.PlyListProperty) for p in el.properties):
+                continue
+            if el.name == "vertex":  # splats are one fixed-size record per vertex; a list there is a mesh (or garbage)
+                raise PlyError(f"{path}: list property in the vertex element: not a 3DGS point cloud")
+            if not header.text and el.count > MAX_LIST_ROWS:  # plyfile reads those row by row, in Python
+                raise PlyError(f"{path}: element {el.name!r} has {el.count} rows of list properties (a mesh?); splat "
+                               f"files have none, and more than {MAX_LIST_ROWS} are not read")
         f.seek(0)
         try:
             if header.text:
