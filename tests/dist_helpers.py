@@ -1,6 +1,7 @@
 """Distributed-training test helpers: `launch` starts N ranks on loopback with the environment torchrun
-would set; run as a script, this file is the worker those ranks execute (`python dist_helpers.py CASE
-OUT [ARGS]`), each case writing what rank 0 gathered to OUT for the test to compare."""
+would set; run as a script, this file is the worker those ranks execute (`python dist_helpers.py OUT
+CASE[:ARG...] ...`, the cases one after another), each case writing what rank 0 gathered to OUT for
+the test to compare."""
 import os
 import socket
 import subprocess
@@ -16,13 +17,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(world: int, *args: str) -> list[subprocess.Popen]:
+def launch(world: int, *args: str, timeout_s: float = 60) -> list[subprocess.Popen]:
     """Starts `world` ranks of this worker; returns their processes (stdout and stderr captured)."""
     port = free_port()
     procs = []
     for rank in range(world):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "DIST_TIMEOUT": str(timeout_s),
                "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
         procs.append(subprocess.Popen([sys.executable, __file__, *args], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
@@ -31,7 +33,7 @@ def launch(world: int, *args: str) -> list[subprocess.Popen]:
 
 def run(world: int, *args: str, timeout: float = 300) -> None:
     """Runs `world` ranks to completion; raises with their output if any fails."""
-    procs = launch(world, *args)
+    procs = launch(world, *args, timeout_s=timeout)
     outs = []
     try:
         for p in procs:
@@ -111,7 +113,7 @@ def case_densify(comm, out):
     from gsplat_kit.train.distributed import shard_of
     from gsplat_kit.train.strategy import DefaultStrategy, MCMCStrategy
 
-    n = 3000
+    n = 1000
     g = torch.Generator().manual_seed(5)
     full = _gaussians(n, torch.float32, seed=3)
     full["scales"] = torch.log(torch.rand(n, 3, generator=g) * 0.05)
@@ -120,7 +122,7 @@ def case_densify(comm, out):
              "radii": torch.rand(n, generator=g) * 0.2}
     counts = {}
     for name, strat in (("default", DefaultStrategy(refine_start_iter=0, refine_every=10, reset_every=10_000)),
-                        ("mcmc", MCMCStrategy(refine_start_iter=0, refine_every=10, cap_max=10_000))):
+                        ("mcmc", MCMCStrategy(refine_start_iter=0, refine_every=10, cap_max=1030))):
         params = {k: torch.nn.Parameter(shard_of(v, comm).clone()) for k, v in full.items()}
         opts = {k: torch.optim.Adam([p], lr=1e-3) for k, p in params.items()}
         sharded = ShardedStrategy(strat, comm)
@@ -177,14 +179,16 @@ def _train_cfg(out, steps, **kw):
                        progress=False, num_threads=1, strategy_options=opts, **kw)
 
 
-def case_train(comm, out, steps: str, stop: str, resume: str):
-    """A short training run on the synthetic scene; stops after `stop` steps with a checkpoint (when stop <
-    steps), or runs to `steps`; rank 0 saves the gathered parameters."""
+def case_train(comm, out, run: str, steps: str, stop: str, resume: str):
+    """A short training run on the synthetic scene into OUT/RUN; stops after `stop` steps with a checkpoint
+    (when stop < steps), or runs to `steps` and rank 0 saves the gathered parameters."""
     import torch
     from train_helpers import make_scene
 
     from gsplat_kit.train.distributed import DistConfig, DistributedTrainer
 
+    out = os.path.join(out, run)
+    os.makedirs(out, exist_ok=True)
     cfg = _train_cfg(out, int(steps), resume="auto" if resume == "1" else None)
     tr = DistributedTrainer(cfg, DistConfig(batch_size=2, timeout_s=30), comm, torch.device("cpu"),
                             scene=make_scene(n_views=10, n_gauss=300))
@@ -195,7 +199,7 @@ def case_train(comm, out, steps: str, stop: str, resume: str):
     splats = tr.gathered_splats()
     if comm.rank == 0:
         torch.save({"splats": splats, "sizes": tr.strategy.sizes, "step": tr.step},
-                   os.path.join(out, f"final_resume{resume}.pt"))
+                   os.path.join(out, "final.pt"))
 
 
 def case_hang(comm, out):
@@ -205,8 +209,9 @@ def case_hang(comm, out):
 
     from gsplat_kit.train.distributed import DistConfig, DistributedTrainer
 
-    tr = DistributedTrainer(_train_cfg(out, 100_000), DistConfig(batch_size=2, timeout_s=float(os.environ["DIST_TIMEOUT"])),
-                            comm, torch.device("cpu"), scene=make_scene(n_views=10, n_gauss=300))
+    timeout = float(os.environ["DIST_TIMEOUT"])
+    tr = DistributedTrainer(_train_cfg(out, 100_000), DistConfig(batch_size=2, timeout_s=timeout), comm,
+                            torch.device("cpu"), scene=make_scene(n_views=10, n_gauss=300))
     tr.train_steps(until=1)
     open(os.path.join(out, f"started{comm.rank}"), "w").close()
     tr.train_steps()
@@ -218,10 +223,12 @@ def main(argv):
     from gsplat_kit.train.distributed import PeerLost, init_process_group
 
     torch.set_num_threads(1)
-    case, out, *args = argv
+    out, *cases = argv
     comm, _ = init_process_group("cpu", "gloo", float(os.environ.get("DIST_TIMEOUT", "60")))
     try:
-        globals()["case_" + case](comm, out, *args)
+        for case in cases:
+            name, *args = case.split(":")
+            globals()["case_" + name](comm, out, *args)
     except PeerLost as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

@@ -1,0 +1,115 @@
+"""Distributed training (gsplat_kit.train.distributed): ranks are spawned on loopback with gloo, as
+torchrun would start them. One step on 2 ranks equals 1 rank; densification, rebalancing, resuming and
+a lost rank behave; a real capture trains to the same held-out PSNR on 2 ranks as on 1."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from dist_helpers import ROOT, launch, run
+
+CUP = os.path.join(os.path.dirname(ROOT), "shared", "data", "cup_kwrous")
+
+
+@pytest.fixture(scope="module")
+def unit_results(tmp_path_factory):
+    """One launch per world size runs every single-step case; the tests below compare what they saved."""
+    out = tmp_path_factory.mktemp("dist_unit")
+    cases = ["step:float64:4", "step:float32:3", "densify"]
+    run(1, str(out), *cases)
+    run(2, str(out), *cases, "rebalance")
+    return out
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_one_step_on_two_ranks_equals_one_rank(unit_results, dtype, tol):
+    one = torch.load(unit_results / f"step_{dtype}_w1.pt")
+    two = torch.load(unit_results / f"step_{dtype}_w2.pt")
+    assert set(one) == set(two)
+    assert one["rgb"].shape[0] == (4 if dtype == "float64" else 3) and one["rgb"].std() > 0.05
+    for k in one:
+        assert one[k].shape == two[k].shape, k
+        assert one[k].abs().max() > 0, k            # every compared quantity is non-trivial
+        torch.testing.assert_close(two[k], one[k], rtol=tol, atol=tol, msg=lambda m: f"{k}: {m}")
+    if dtype == "float32":   # the densification statistics of the whole batch reach each shard
+        assert (one["stat_count"] > 0).sum() > 100
+
+
+def test_densification_counts_match_one_rank(unit_results):
+    one = torch.load(unit_results / "densify_w1.pt")
+    two = torch.load(unit_results / "densify_w2.pt")
+    assert one["default"] != 1000 and one["mcmc"] == 1030       # something was cloned/split/pruned; MCMC grew to the cap
+    for k in ("default", "mcmc"):
+        assert abs(two[k] - one[k]) <= 0.01 * one[k], (k, one[k], two[k])
+
+
+def test_rebalance_moves_rows_with_their_adam_state(unit_results):
+    r = torch.load(unit_results / "rebalance_w2.pt")
+    assert r["moved"] and r["sizes"] == [20, 20]                  # from 30 + 10
+    assert r["ok"] == 2                                           # both ranks: moments and statistics follow rows
+    assert torch.equal(r["order"], torch.arange(40, dtype=torch.float32))   # global order kept
+
+
+def test_resume_on_two_ranks_equals_uninterrupted_run(tmp_path):
+    # run "a" straight through 16 steps; run "b" stops at 8 with a checkpoint, then new processes resume it
+    run(2, str(tmp_path), "train:a:16:16:0", "train:b:16:8:0")
+    assert sorted(os.listdir(tmp_path / "b" / "ckpts" / "dist_000008")) == ["rank0-of-2.pt", "rank1-of-2.pt"]
+    run(2, str(tmp_path), "train:b:16:16:1")
+    a, b = torch.load(tmp_path / "a" / "final.pt"), torch.load(tmp_path / "b" / "final.pt")
+    assert a["step"] == b["step"] == 16
+    assert a["sizes"] == b["sizes"] and sum(a["sizes"]) > 300         # densified from the 300 initial points
+    for k in a["splats"]:
+        assert torch.equal(a["splats"][k], b["splats"][k]), k
+
+
+def test_killed_rank_makes_the_other_exit(tmp_path):
+    timeout = 15.0
+    procs = launch(2, str(tmp_path), "hang", timeout_s=timeout)
+    try:
+        t = time.time()
+        while not all((tmp_path / f"started{r}").exists() for r in (0, 1)):
+            assert time.time() - t < 240 and all(p.poll() is None for p in procs), "the ranks did not start"
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGKILL)
+        t = time.time()
+        _, err = procs[0].communicate(timeout=timeout + 60)
+        assert time.time() - t < timeout + 30
+        assert procs[0].returncode == 3, err
+        assert "another rank died or stopped answering" in err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _train_cli(world: int, out, steps: int):
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": ROOT}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
+           "-m", "gsplat_kit.cli", "train", "--distributed", "--batch-size", "2", "--data", CUP, "--data-factor", "4",
+           "--out", str(out), "--steps", str(steps), "--ckpt-every", "0", "--threads", "1", "--no-progress",
+           "--strategy-opt", "refine_start_iter=30", "--strategy-opt", "refine_every=30"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(CUP), reason=f"{CUP} not present")
+def test_two_ranks_train_cup_like_one_rank(tmp_path):
+    from gsplat_kit.scene.splats import load_splats
+
+    steps = 120
+    one = _train_cli(1, tmp_path / "w1", steps)
+    two = _train_cli(2, tmp_path / "w2", steps)
+    assert two["world_size"] == 2 and len(two["gaussians_per_rank"]) == 2
+    assert max(two["gaussians_per_rank"]) <= 1.1 * min(two["gaussians_per_rank"])
+    assert one["psnr"] > 18.0, one["psnr"]                   # it trained (the SfM initialisation scores ~11 dB)
+    assert abs(two["psnr"] - one["psnr"]) < 0.3, (one["psnr"], two["psnr"])
+    splats = load_splats(tmp_path / "w2" / "point_cloud.ply")
+    assert splats.num == two["num_gaussians"] > 9262
