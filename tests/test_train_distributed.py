@@ -107,6 +107,8 @@ def test_two_ranks_train_cup_like_one_rank(tmp_path):
     steps = 120
     one = _train_cli(1, tmp_path / "w1", steps)
     two = _train_cli(2, tmp_path / "w2", steps)
+    print(f"held-out PSNR: 1 rank {one['psnr']:.3f} dB, 2 ranks {two['psnr']:.3f} dB; Gaussians {one['num_gaussians']} "
+          f"vs {two['num_gaussians']} {two['gaussians_per_rank']}")
     assert two["world_size"] == 2 and len(two["gaussians_per_rank"]) == 2
     assert max(two["gaussians_per_rank"]) <= 1.1 * min(two["gaussians_per_rank"])
     assert one["psnr"] > 18.0, one["psnr"]                   # it trained (the SfM initialisation scores ~11 dB)

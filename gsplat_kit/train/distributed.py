@@ -404,10 +404,11 @@ class DistributedTrainer:
     """`DistributedTrainer(cfg, dcfg, comm, device, out).train()` on every rank of a process group (see
     `train_distributed` for the whole launch). Reuses the single-process pieces: TrainConfig, the
     initialisation, the strategies (through dist_strategy), the loss, the schedules and the evaluation.
-    `scene` may be given directly (as for Trainer)."""
+    `scene` may be given directly (as for Trainer), and `shard`, this rank's initial Gaussians, instead of
+    the initialisation from the scene's points (a scene too large to initialise in one process)."""
 
     def __init__(self, cfg: TrainConfig, dcfg: DistConfig, comm: Comm, device: torch.device, out: str | None = None,
-                 scene=None):
+                 scene=None, shard: dict | None = None):
         from gsplat_kit.train.dist_strategy import ShardedStrategy
         from gsplat_kit.train.init import init_splats
         from gsplat_kit.train.strategy import make_strategy
@@ -449,6 +450,10 @@ class DistributedTrainer:
                   file=sys.stderr)
         if folder is not None:
             self._restore(folder)
+        elif shard is not None:
+            self.splats = {k: torch.nn.Parameter(shard[k].to(device)) for k in SPLAT_KEYS}
+            self.optimizers = self._make_optimizers()
+            self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
         else:
             full = init_splats(scene.points, scene.points_rgb, cfg.sh_degree, cfg.init_opacity, cfg.init_scale, "cpu")
             self.splats = {k: torch.nn.Parameter(shard_of(v.data, comm).clone().to(device)) for k, v in full.items()}
