@@ -115,3 +115,77 @@ def test_two_ranks_train_cup_like_one_rank(tmp_path):
     assert abs(two["psnr"] - one["psnr"]) < 0.3, (one["psnr"], two["psnr"])
     splats = load_splats(tmp_path / "w2" / "point_cloud.ply")
     assert splats.num == two["num_gaussians"] > 9262
+
+
+# ---- in-process: no process group needed --------------------------------------------------------------------
+
+def test_one_rank_batch_render_equals_rasterization():
+    from train_helpers import make_scene
+
+    from gsplat_kit.train.distributed import Comm, render_batch
+    from gsplat_kit.train.init import init_splats
+    from gsplat_kit.train.rendering import render
+
+    scene = make_scene(n_views=6)
+    splats = init_splats(scene.points, scene.points_rgb, 1, 0.5, 1.0)
+    views = scene.train_views[:3]
+    vm, K = torch.stack([v.viewmat for v in views]), torch.stack([v.K for v in views])
+    bgs = torch.rand(3, 3)
+    rgb, alpha, info = render_batch(splats, vm, K, 64, 48, [0, 0, 0], 1, Comm(), bgs)
+    assert info["means2d"].shape == (3, len(splats["means"]), 2)
+    for j, v in enumerate(views):
+        ref, ref_alpha, _ = render(splats, v.viewmat, v.K, 64, 48, 1, bgs[j])
+        assert ref.std() > 0.05
+        torch.testing.assert_close(rgb[j], ref[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(alpha[j], ref_alpha[0], rtol=0, atol=1e-6)
+
+
+def test_camera_owners_and_shares():
+    from gsplat_kit.common.errors import UserError
+    from gsplat_kit.train.dist_strategy import proportional_shares
+    from gsplat_kit.train.distributed import BatchSampler, camera_owners
+
+    assert camera_owners(5, 2) == [0, 0, 0, 1, 1]
+    with pytest.raises(UserError, match="--batch-size 1 is smaller than the world size 2"):
+        camera_owners(1, 2)
+    assert proportional_shares(10, [3, 3, 4]) == [3, 3, 4]
+    assert proportional_shares(5, [1, 1]) == [3, 2] and sum(proportional_shares(7, [5, 0, 2])) == 7
+    s = BatchSampler(10, 3, seed=0)
+    batches = [s.next() for _ in range(8)]
+    assert all(b[j] % 3 == j for b in batches for j in range(3))     # slot j only draws its own views
+    assert BatchSampler(10, 3, seed=0).next() == batches[0]          # a function of (seed, B) alone
+
+
+def _fake_ckpt(out, step, ranks, world):
+    d = out / "ckpts" / f"dist_{step:06d}"
+    d.mkdir(parents=True)
+    for r in ranks:
+        (d / f"rank{r}-of-{world}.pt").write_bytes(b"x")
+
+
+def test_checkpoint_with_a_missing_shard_is_not_complete(tmp_path):
+    from gsplat_kit.common.errors import UserError
+    from gsplat_kit.train.distributed import _resume_folder, complete_checkpoints
+
+    _fake_ckpt(tmp_path, 100, [0, 1], 2)
+    _fake_ckpt(tmp_path, 200, [0], 2)                                # rank 1's shard never arrived
+    assert [(s, w) for s, _, w in complete_checkpoints(tmp_path)] == [(100, 2)]
+    assert _resume_folder(tmp_path, "auto", 2).name == "dist_000100"
+    with pytest.raises(UserError, match="written by 2 ranks, but this run has 4"):
+        _resume_folder(tmp_path, "auto", 4)
+    with pytest.raises(UserError, match="not a complete distributed checkpoint"):
+        _resume_folder(tmp_path, str(tmp_path / "ckpts" / "dist_000200"), 2)
+
+
+def test_cli_distributed_flags_need_torchrun(tmp_path, capsys):
+    from gsplat_kit.cli import main
+
+    env_keys = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    saved = {k: os.environ.pop(k) for k in env_keys if k in os.environ}
+    try:
+        assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--batch-size", "2"]) == 2
+        assert "--batch-size needs --distributed" in capsys.readouterr().err
+        assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--distributed"]) == 2
+        assert "launch with `torchrun" in capsys.readouterr().err
+    finally:
+        os.environ.update(saved)
