@@ -277,12 +277,13 @@ def _moved(t: torch.Tensor, comm: Comm, old: list[int], new: list[int]) -> torch
 
 
 @torch.no_grad()
-def rebalance(params: dict, optimizers: dict, state: dict, comm: Comm, tol: float = 0.1) -> bool:
-    """Evens out the shard sizes when the largest exceeds the smallest by more than `tol`: rows move to the
-    neighbouring ranks with their Adam moments and the strategy's per-Gaussian statistics, in global order."""
+def rebalance(params: dict, optimizers: dict, state: dict, comm: Comm, tol: float = 0.1) -> list[int]:
+    """Evens out the shard sizes when the largest exceeds the smallest by more than `tol`: rows cross the
+    shard boundaries with their Adam moments and the strategy's per-Gaussian statistics, keeping the global
+    order. Returns the shard sizes of all ranks afterwards."""
     old = comm.sizes(len(params["means"]))
     if comm.world == 1 or max(old) <= (1.0 + tol) * min(old):
-        return False
+        return old
     new = balanced_sizes(sum(old), comm.world)
     for name in SPLAT_KEYS:
         p = params[name]
@@ -298,7 +299,7 @@ def rebalance(params: dict, optimizers: dict, state: dict, comm: Comm, tol: floa
     for key in STRATEGY_ROWS:
         if isinstance(state.get(key), torch.Tensor):
             state[key] = _moved(state[key], comm, old, new)
-    return True
+    return new
 
 
 # ---- the batch sampler ----------------------------------------------------------------------------------
@@ -584,8 +585,8 @@ class DistributedTrainer:
                     o.zero_grad(set_to_none=True)
                 self.strategy.step_post_backward(self.splats, self.optimizers, self.strategy_state, step, info,
                                                  lr=means_lr)
-                rebalance(self.splats, self.optimizers, self.strategy_state, comm, self.dcfg.rebalance_tol)
-                self.strategy.sizes = comm.sizes(len(self.splats["means"]))
+                self.strategy.sizes = rebalance(self.splats, self.optimizers, self.strategy_state, comm,
+                                                self.dcfg.rebalance_tol)
                 self.step += 1
                 if self.step % 10 == 0 or self.step == until:
                     bar.set_postfix(loss=f"{loss_v:.4f}", n=self.num_gaussians, refresh=False)
