@@ -45,7 +45,7 @@ def watch_memory(budget: int, rank: int, trainer_ref: list):
             rss = rss_bytes()
             if rss > budget:
                 step = trainer_ref[0].step if trainer_ref else "setup"
-                print(f"rank {rank}: over the memory budget ({rss / 2 ** 30:.2f} GiB > {budget / 2 ** 30:.2f} GiB) at "
+                print(f"rank {rank}: over the memory budget ({rss / 2 ** 20:.0f} MiB > {budget / 2 ** 20:.0f} MiB) at "
                       f"step {step}", file=sys.stderr, flush=True)
                 os._exit(OVER_BUDGET_EXIT)
             time.sleep(0.02)
@@ -140,13 +140,13 @@ def worker(a) -> int:
         tr = DistributedTrainer(cfg, DistConfig(batch_size=a.batch_size, timeout_s=a.timeout), comm, device)
     holder.append(tr)
     tr.train_steps(until=a.warmup)
-    c0, t0 = comm.seconds, time.perf_counter()
+    c0, b0, t0 = comm.seconds, comm.bytes_received, time.perf_counter()
     tr.train_steps(until=total)
-    dt, comm_s = time.perf_counter() - t0, comm.seconds - c0
+    dt, comm_s, recv = time.perf_counter() - t0, comm.seconds - c0, comm.bytes_received - b0
     from gsplat_kit.train.trainer import peak_memory_mb
 
     peak = peak_memory_mb(device)
-    row = torch.tensor([dt, comm_s, peak, base_rss / 2 ** 20, len(tr.splats["means"])], dtype=torch.float64,
+    row = torch.tensor([dt, comm_s, peak, base_rss / 2 ** 20, len(tr.splats["means"]), recv], dtype=torch.float64,
                        device=device)
     rows = comm.all_gather(row).cpu().tolist()
     if comm.rank == 0:
@@ -156,7 +156,9 @@ def worker(a) -> int:
                "comm_share": round(max(r[1] / r[0] for r in rows), 3),
                "peak_memory_mb_per_rank": [round(r[2]) for r in rows],
                "start_memory_mb_per_rank": [round(r[3]) for r in rows],
-               "gaussians_per_rank": [int(r[4]) for r in rows]}
+               "gaussians_per_rank": [int(r[4]) for r in rows],
+               # all-to-all traffic (splats forward + their gradients backward + rebalancing), per rank
+               "received_mb_per_step_per_rank": [round(r[5] / a.steps / 2 ** 20, 2) for r in rows]}
         with open(a.result, "w") as f:
             json.dump(res, f)
     import torch.distributed as dist

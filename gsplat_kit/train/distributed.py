@@ -60,12 +60,13 @@ class DistConfig:
 # ---- the process group -------------------------------------------------------------------------------
 
 class Comm:
-    """This rank's place in the process group, and the time it spends in collectives. One rank needs no
-    process group: every collective is then the identity."""
+    """This rank's place in the process group, the time it spends in collectives and the bytes its
+    all-to-alls receive. One rank needs no process group: every collective is then the identity."""
 
     def __init__(self, rank: int = 0, world: int = 1, device: torch.device = torch.device("cpu")):
         self.rank, self.world, self.device = rank, world, device
         self.seconds = 0.0
+        self.bytes_received = 0
 
     @classmethod
     def from_process_group(cls, device: torch.device) -> "Comm":
@@ -89,6 +90,7 @@ class Comm:
             return x.clone()
         out = x.new_empty((sum(out_splits), *x.shape[1:]))
         self._timed(dist.all_to_all_single, out, x.contiguous(), out_splits, in_splits)
+        self.bytes_received += out.numel() * out.element_size()
         return out
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
