@@ -175,7 +175,8 @@ def launch(a, world: int) -> dict:
         args = sys.argv[1:]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
                os.path.abspath(__file__), *args, "--worker", "--result", result]
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE",
+               "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
         t = time.time()
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
         if r.returncode != 0:

@@ -31,6 +31,8 @@ def main_distributed(cfg, args) -> int:
                         "camera per step")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if cfg.viewer:
+        raise UserError("--viewer follows a single-process run; it is not available with --distributed")
     if args.dist_timeout <= 0:
         raise UserError(f"--dist-timeout must be > 0, got {args.dist_timeout}")
     dcfg = DistConfig(batch_size=args.batch_size or 0, backend=args.dist_backend, timeout_s=args.dist_timeout)

@@ -330,7 +330,8 @@ class BatchSampler:
 
     def load_state_dict(self, st: dict):
         if len(st["slots"]) != len(self.samplers):
-            raise UserError(f"the checkpoint was trained with --batch-size {len(st['slots'])}, not {len(self.samplers)}")
+            raise UserError(f"the checkpoint was trained with --batch-size {len(st['slots'])}, "
+                            f"not {len(self.samplers)}")
         for s, x in zip(self.samplers, st["slots"]):
             s.load_state_dict(x)
 
@@ -485,7 +486,8 @@ class DistributedTrainer:
         path = shard_file(folder, self.comm.rank, self.comm.world)
         ck = load_torch_data(path, "checkpoint shard")
         if ck["config"].get("strategy") != self.cfg.strategy:
-            raise UserError(f"{path} was trained with strategy {ck['config'].get('strategy')!r}, not {self.cfg.strategy!r}")
+            raise UserError(f"{path} was trained with strategy {ck['config'].get('strategy')!r}, "
+                            f"not {self.cfg.strategy!r}")
         if ck["batch_size"] != self.batch_size:
             raise UserError(f"{path} was trained with --batch-size {ck['batch_size']}, not {self.batch_size}")
         self.splats = {k: torch.nn.Parameter(v.to(self.device)) for k, v in ck["splats"].items()}
@@ -615,7 +617,8 @@ class DistributedTrainer:
         start_step = self.step
         if comm.rank == 0:
             resolved = {**cfg.to_dict(), "resolved": {
-                "device": str(self.device), "scene_scale": self.scene_scale, "strategy": self.strategy.strategy.to_dict(),
+                "device": str(self.device), "scene_scale": self.scene_scale,
+                "strategy": self.strategy.strategy.to_dict(),
                 "learning_rates": self.learning_rates(), "num_train_views": len(self.scene.train_views),
                 "num_test_views": len(self.scene.test_views), "num_init_points": int(len(self.scene.points)),
                 "resumed_from": self.last_ckpt, "resumed_at_step": start_step,
