@@ -197,8 +197,12 @@ def case_train(comm, out, run: str, steps: str, stop: str, resume: str):
         tr.save_checkpoint()
         return
     splats = tr.gathered_splats()
+    # a rank loads only the images of the camera slots it renders
+    mine = {i for j in tr.mine for i in tr.sampler.slots[j]}
+    loaded = comm.all_gather(torch.tensor([len(tr._images), int(set(tr._images) <= mine)])).tolist()
     if comm.rank == 0:
-        torch.save({"splats": splats, "sizes": tr.strategy.sizes, "step": tr.step},
+        torch.save({"splats": splats, "sizes": tr.strategy.sizes, "step": tr.step, "loaded": loaded,
+                    "num_train_views": len(tr.scene.train_views)},
                    os.path.join(out, "final.pt"))
 
 
