@@ -58,7 +58,9 @@ def test_rebalance_moves_rows_with_their_adam_state(unit_results):
 def test_resume_on_two_ranks_equals_uninterrupted_run(tmp_path):
     # run "a" straight through 16 steps; run "b" stops at 8 with a checkpoint, then new processes resume it
     run(2, str(tmp_path), "train:a:16:16:0", "train:b:16:8:0")
-    assert sorted(os.listdir(tmp_path / "b" / "ckpts" / "dist_000008")) == ["rank0-of-2.pt", "rank1-of-2.pt"]
+    ck = tmp_path / "b" / "ckpts" / "dist_000008"
+    assert sorted(os.listdir(ck)) == ["rank0-of-2.pt", "rank1-of-2.pt"]
+    _check_reshard_onto_one_rank(tmp_path / "b", [torch.load(ck / f"rank{r}-of-2.pt") for r in (0, 1)])
     run(2, str(tmp_path), "train:b:16:16:1")
     a, b = torch.load(tmp_path / "a" / "final.pt"), torch.load(tmp_path / "b" / "final.pt")
     assert a["step"] == b["step"] == 16
@@ -67,6 +69,28 @@ def test_resume_on_two_ranks_equals_uninterrupted_run(tmp_path):
         assert torch.equal(a["splats"][k], b["splats"][k]), k
     # each of the 2 ranks loaded the 4 images of its own camera slot, none of the other rank's
     assert a["num_train_views"] == 8 and a["loaded"] == [[4, 1], [4, 1]]
+
+
+def _check_reshard_onto_one_rank(out, shards):
+    """A 2-rank checkpoint resumed on 1 rank: the same Gaussians, Adam moments and statistics, in order."""
+    from train_helpers import make_scene
+
+    from dist_helpers import _train_cfg
+    from gsplat_kit.train.distributed import Comm, DistConfig, DistributedTrainer
+
+    cfg = _train_cfg(str(out), 16, resume="auto")
+    tr = DistributedTrainer(cfg, DistConfig(batch_size=2), Comm(), torch.device("cpu"),
+                            scene=make_scene(n_views=10, n_gauss=300))
+    assert tr.step == 8 and tr.strategy.sizes == [sum(sh["shard_sizes"]) for sh in shards[:1]]
+    for k, p in tr.splats.items():
+        assert torch.equal(p.detach(), torch.cat([sh["splats"][k] for sh in shards])), k
+        st = tr.optimizers[k].state[p]
+        for m in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(st[m], torch.cat([sh["optimizers"][k]["state"][0][m] for sh in shards])), (k, m)
+    for k in ("grad2d", "count", "radii"):
+        assert torch.equal(tr.strategy_state[k], torch.cat([sh["strategy_state"][k] for sh in shards])), k
+    tr.train_steps(until=10)                                           # and it trains on
+    assert tr.step == 10 and all(torch.isfinite(p).all() for p in tr.splats.values())
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
@@ -173,17 +197,17 @@ def _fake_ckpt(out, step, ranks, world):
 
 
 def test_checkpoint_with_a_missing_shard_is_not_complete(tmp_path):
+    # (resuming on another world size reshards: test_resume_on_two_ranks_equals_uninterrupted_run)
     from gsplat_kit.common.errors import UserError
     from gsplat_kit.train.distributed import _resume_folder, complete_checkpoints
 
     _fake_ckpt(tmp_path, 100, [0, 1], 2)
     _fake_ckpt(tmp_path, 200, [0], 2)                                # rank 1's shard never arrived
     assert [(s, w) for s, _, w in complete_checkpoints(tmp_path)] == [(100, 2)]
-    assert _resume_folder(tmp_path, "auto", 2).name == "dist_000100"
-    with pytest.raises(UserError, match="written by 2 ranks, but this run has 4"):
-        _resume_folder(tmp_path, "auto", 4)
+    folder, world = _resume_folder(tmp_path, "auto")
+    assert folder.name == "dist_000100" and world == 2
     with pytest.raises(UserError, match="not a complete distributed checkpoint"):
-        _resume_folder(tmp_path, str(tmp_path / "ckpts" / "dist_000200"), 2)
+        _resume_folder(tmp_path, str(tmp_path / "ckpts" / "dist_000200"))
 
 
 def test_cli_distributed_flags_need_torchrun(tmp_path, capsys):

@@ -14,6 +14,9 @@ The global order of the Gaussians is the ranks' shards concatenated, so a step o
 a step on one rank computes; the batch sequence is a function of (seed, batch size) alone, so runs on
 different world sizes see the same cameras in the same order. Camera slot j of a batch is always drawn
 from the views j, j+B, j+2B, ... and rendered by the same rank: a rank loads only those images.
+
+Checkpoints are one file per rank (OUT/ckpts/dist_<step>/rank<r>-of-<N>.pt, complete when all N exist);
+resuming on N ranks is bit for bit, on another number of ranks the global order is re-cut into shards.
 """
 from __future__ import annotations
 
@@ -381,8 +384,9 @@ def _set_rng_state(s: dict, device: torch.device):
         torch.cuda.set_rng_state(s["cuda"], device)
 
 
-def _resume_folder(out: Path, resume: str, world: int) -> Path | None:
-    """The checkpoint folder to continue from (`resume`: "auto" = the latest complete one)."""
+def _resume_folder(out: Path, resume: str) -> tuple[Path, int] | None:
+    """The checkpoint folder to continue from (`resume`: "auto" = the latest complete one) and the number of
+    ranks that wrote it."""
     if resume == "auto":
         done = complete_checkpoints(out)
         if not done:
@@ -396,10 +400,43 @@ def _resume_folder(out: Path, resume: str, world: int) -> Path | None:
             raise UserError(f"--resume {resume}: not a complete distributed checkpoint (a folder "
                             f"OUT/ckpts/dist_<step> holding rank<r>-of-<N>.pt for every rank r)")
         step, folder, w = m[-1]
-    if w != world:
-        raise UserError(f"{folder}: written by {w} ranks, but this run has {world}; resume with the same world size "
-                        f"(torchrun --nproc-per-node ...), resharding to another world size is not supported")
-    return folder
+    return folder, w
+
+
+def _resharded(folder: Path, old_world: int, comm: Comm) -> dict:
+    """This rank's part of a checkpoint written by `old_world` ranks, cut at this world's balanced
+    boundaries: the rows of the old shards that overlap its range, concatenated in global order, for the
+    parameters, the Adam moments and the strategy's per-Gaussian statistics. Everything else (the step,
+    the sampler, Adam's step count, the strategy's scalars) is the same in every shard."""
+    from gsplat_kit.common.safe_load import load_torch_data
+
+    loaded = {}
+
+    def shard(r):
+        if r not in loaded:
+            loaded[r] = load_torch_data(shard_file(folder, r, old_world), "checkpoint shard")
+        return loaded[r]
+
+    first = shard(0)
+    old = first.get("shard_sizes") or [len(shard(r)["splats"]["means"]) for r in range(old_world)]
+    new = balanced_sizes(sum(old), comm.world)
+    lo, hi = sum(new[:comm.rank]), sum(new[:comm.rank + 1])
+    parts, start = [], 0
+    for r, n in enumerate(old):
+        a, b = max(lo, start), min(hi, start + n)
+        if a < b:
+            parts.append((shard(r), a - start, b - start))
+        start += n
+    cat = lambda get: torch.cat([get(ck)[a:b] for ck, a, b in parts]) if parts else get(first)[:0]
+    out = {**first, "rank": comm.rank, "world_size": comm.world, "shard_sizes": new}
+    out["splats"] = {k: cat(lambda ck, k=k: ck["splats"][k]) for k in first["splats"]}
+    out["optimizers"] = {}
+    for k, sd in first["optimizers"].items():
+        rows = {m: cat(lambda ck, k=k, m=m: ck["optimizers"][k]["state"][0][m]) for m in ADAM_ROWS}
+        out["optimizers"][k] = {**sd, "state": {0: {**sd["state"][0], **rows}}}
+    out["strategy_state"] = {k: (cat(lambda ck, k=k: ck["strategy_state"][k]) if k in STRATEGY_ROWS and
+                                 isinstance(v, torch.Tensor) else v) for k, v in first["strategy_state"].items()}
+    return out
 
 
 # ---- the trainer ------------------------------------------------------------------------------------------
@@ -448,12 +485,12 @@ class DistributedTrainer:
         self.step, self.elapsed, self.last_ckpt = 0, 0.0, None
         seed_everything(cfg.seed + comm.rank)
 
-        folder = _resume_folder(Path(self.out), cfg.resume, comm.world) if cfg.resume and self.out else None
-        if cfg.resume == "auto" and folder is None and comm.rank == 0:
+        found = _resume_folder(Path(self.out), cfg.resume) if cfg.resume and self.out else None
+        if cfg.resume == "auto" and found is None and comm.rank == 0:
             print(f"resume: no complete distributed checkpoint under {Path(self.out) / 'ckpts'}; starting from step 0",
                   file=sys.stderr)
-        if folder is not None:
-            self._restore(folder)
+        if found is not None:
+            self._restore(*found)
         elif shard is not None:
             self.splats = {k: torch.nn.Parameter(shard[k].to(device)) for k in SPLAT_KEYS}
             self.optimizers = self._make_optimizers()
@@ -480,11 +517,20 @@ class DistributedTrainer:
         return {k: torch.optim.Adam([{"params": [self.splats[k]], "lr": lr, "name": k}], eps=1e-15 / math.sqrt(B),
                                     betas=betas) for k, lr in self.learning_rates().items()}
 
-    def _restore(self, folder: Path):
+    def _restore(self, folder: Path, old_world: int):
+        """Continues bit for bit from a checkpoint of the same world size; one written by another number of
+        ranks is resharded (the same Gaussians, moments and batches; each rank's random stream restarts)."""
         from gsplat_kit.common.safe_load import load_torch_data
+        from gsplat_kit.train.trainer import seed_everything
 
         path = shard_file(folder, self.comm.rank, self.comm.world)
-        ck = load_torch_data(path, "checkpoint shard")
+        if old_world == self.comm.world:
+            ck = load_torch_data(path, "checkpoint shard")
+        else:
+            ck = _resharded(folder, old_world, self.comm)
+            if self.comm.rank == 0:
+                print(f"resume: {folder} was written by {old_world} ranks; resharded onto {self.comm.world} (the run "
+                      f"continues, but not bit for bit: each rank's random stream restarts)", file=sys.stderr)
         if ck["config"].get("strategy") != self.cfg.strategy:
             raise UserError(f"{path} was trained with strategy {ck['config'].get('strategy')!r}, "
                             f"not {self.cfg.strategy!r}")
@@ -497,7 +543,10 @@ class DistributedTrainer:
         self.strategy_state = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
                                for k, v in ck["strategy_state"].items()}
         self.sampler.load_state_dict(ck["sampler"])
-        _set_rng_state(ck["rng"], self.device)
+        if old_world == self.comm.world:
+            _set_rng_state(ck["rng"], self.device)
+        else:
+            seed_everything(self.cfg.seed + self.comm.rank + 1_000_003 * int(ck["step"]))
         self.step, self.elapsed, self.last_ckpt = int(ck["step"]), float(ck["elapsed"]), str(folder)
 
     def _image(self, i: int) -> torch.Tensor:
@@ -523,7 +572,7 @@ class DistributedTrainer:
                                    f"good one is {self.last_ckpt or 'none'})")
         folder = Path(self.out) / "ckpts" / f"dist_{self.step:06d}"
         obj = {"format": "gsplat_kit distributed checkpoint shard", "step": self.step, "rank": self.comm.rank,
-               "world_size": self.comm.world, "batch_size": self.batch_size,
+               "world_size": self.comm.world, "batch_size": self.batch_size, "shard_sizes": list(self.strategy.sizes),
                "splats": {k: v.detach().cpu() for k, v in self.splats.items()},
                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                "strategy_state": {k: (v.cpu() if isinstance(v, torch.Tensor) else v)
