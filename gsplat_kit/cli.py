@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 
+from gsplat_kit._backend import NativeBuildError
 from gsplat_kit.common.errors import USER_OS_ERRORS, UserError, one_line
 
 # verb modules, in the order --help lists them
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UserError, *USER_OS_ERRORS) as e:
+    except (UserError, NativeBuildError, *USER_OS_ERRORS) as e:  # a missing build: the message says how to build
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

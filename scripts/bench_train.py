@@ -37,6 +37,7 @@ SCENES = {
 def bench_scene(name: str, args) -> dict:
     import torch
 
+    from gsplat_kit.common.run_folder import RunFolder
     from gsplat_kit.scene import load_scene
     from gsplat_kit.train.config import TrainConfig
     from gsplat_kit.train.trainer import Trainer
@@ -55,7 +56,8 @@ def bench_scene(name: str, args) -> dict:
                       strategy_options=opts, ckpt_every=0, device=args.device, progress=not args.no_progress,
                       data_factor=args.data_factor or factor, white_background=white, seed=args.seed)
     t0 = time.perf_counter()
-    m = Trainer(cfg, scene=scene).train()
+    # a benchmark rerun replaces the previous figures of its scene
+    m = Trainer(cfg, scene=scene, run=RunFolder.claim(cfg.out, "train", overwrite=True)).train()
     wall = time.perf_counter() - t0
     v = scene.train_views[0]
     return {"scene": name, "resolution": f"{v.width}x{v.height}", "train_views": len(scene.train_views),
@@ -110,11 +112,10 @@ def main(argv=None) -> int:
                      f"{r['train_time_s']:.0f} | {r['steps_per_s']:.2f} | {r['peak_memory_mb']:.0f} |")
     text = "\n".join(lines)
     print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    from gsplat_kit.common.atomic import write_json, write_text
+
+    write_text(os.path.join(args.out, "results.md"), text + "\n")
+    write_json(os.path.join(args.out, "results.json"), rows)
     return 0 if rows and all("error" not in r for r in rows) else 1
 
 

@@ -32,21 +32,14 @@ import torch  # noqa: E402
 
 def sharp_fps(renderer, view, w, h, settings, repeats):
     """(render-only fps, full-frame fps): rasterisation alone, and with depth + JPEG/PNG encoding."""
-    from gsplat_kit.viewer.app import send_frame
-
-    class _Null:   # stands in for a page: send_frame encodes, then queues here
-        def __init__(self):
-            self.scene, self._websock_interface = self, self
-
-        def queue_message(self, m):
-            pass
+    from gsplat_kit.viewer.stream import encode_frame
 
     render_t, frame_t = [], []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
         img, depth = renderer.render_frame(view.camtoworld, view.fov_y, w, h, settings)
         t1 = time.perf_counter()
-        send_frame(_Null(), img, depth, 90)
+        encode_frame(img, depth, 90)      # what send_frame queues to a page
         t2 = time.perf_counter()
         if i > 0:  # the first call warms caches / CUDA
             render_t.append(t1 - t0)

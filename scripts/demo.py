@@ -40,6 +40,8 @@ def main(argv=None) -> int:
         print(f"error: {args.images}: no such folder (the embedded demo scene)", file=sys.stderr)
         return 2
 
+    from gsplat_kit.common.atomic import write_json
+    from gsplat_kit.common.run_folder import RunFolder
     from gsplat_kit.sfm import run_sfm
     from gsplat_kit.train.config import TrainConfig
     from gsplat_kit.train.trainer import Trainer
@@ -53,8 +55,7 @@ def main(argv=None) -> int:
     if args.redo_sfm or not fresh:
         print(f"[1/3] SfM on {args.images}", flush=True)
         run_sfm(args.images, sfm_dir)   # prints its own progress and summary
-        with open(stamp_path, "w") as f:
-            json.dump(stamp, f)
+        write_json(stamp_path, stamp)
     else:
         print(f"[1/3] SfM: reusing {sfm_dir} (--redo-sfm to run it again)", flush=True)
     t_sfm = time.perf_counter() - t0
@@ -65,7 +66,8 @@ def main(argv=None) -> int:
     opts = dict(refine_start_iter=100, refine_every=100, refine_stop_iter=int(0.8 * args.steps))
     cfg = TrainConfig(data=sfm_dir, out=os.path.join(args.out, "train"), steps=args.steps, device="auto",
                       ckpt_every=500, strategy_options=opts)
-    trainer = Trainer(cfg)
+    # the demo's own folder: each run replaces the previous one (when it finishes)
+    trainer = Trainer(cfg, run=RunFolder.claim(cfg.out, "train", overwrite=True))
     m = trainer.train()
 
     if not args.no_video:

@@ -126,7 +126,7 @@ def test_run_folder_rules(tmp_path):
         (run.path / "ckpts").mkdir()
         (run.path / "ckpts" / "ckpt_000400.pt").write_bytes(b"first")
     assert (out / MARKER).is_file()
-    with pytest.raises(UserError, match="holds a previous train run"):
+    with pytest.raises(UserError, match="holds a previous train run.*--resume"):
         RunFolder.claim(out, "train")
     with pytest.raises(UserError, match="not a 'edit' run|cannot be resumed"):
         RunFolder.claim(out, "edit", resume=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -187,3 +188,131 @@ def test_malformed_transforms_name_the_file(tmp_path, meta, msg):
     with pytest.raises(ValueError, match=msg) as e:
         load_scene(str(tmp_path))
     assert "transforms.json" in str(e.value)
+
+
+# ---- images: OpenCV reading, sizes against cameras ---------------------------------------------------
+
+def _tiny_colmap(root, cam_size=(80, 60), image_sizes=((80, 60),) * 3, folder="images"):
+    """A COLMAP scene with one PINHOLE camera and one image per entry of image_sizes (PNG, gradients)."""
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    w, h = cam_size
+    cams = {1: Camera(1, "PINHOLE", w, h, np.array([70.0, 70.0, w / 2, h / 2]))}
+    images = {}
+    for i, (iw, ih) in enumerate(image_sizes, 1):
+        img = np.zeros((ih, iw, 3), np.uint8)
+        img[..., 0] = np.linspace(0, 255, iw)[None]
+        img[..., 1] = np.linspace(0, 255, ih)[:, None]
+        Image.fromarray(img).save(root / folder / f"im{i}.png")
+        images[i] = ColmapImage(i, np.array([1.0, 0, 0, 0]), np.array([0.1 * i, 0, 3.0]), 1, f"im{i}.png")
+    pts = Points3D(np.arange(1, 11), np.random.default_rng(0).normal(size=(10, 3)), np.full((10, 3), 128, np.uint8),
+                   np.zeros(10))
+    write_model(Model(cams, images, pts), str(root / "sparse" / "0"))
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    from gsplat_kit.scene.images import image_size, read_image
+
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :10] = 255  # a white band on the left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(stored).save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=95)
+    assert image_size(str(tmp_path / "rot.jpg")) == (20, 40)
+    img = read_image(str(tmp_path / "rot.jpg"))
+    assert img.shape == (40, 20, 3)
+    assert img[:8].mean() > 200 and img[12:].mean() < 40  # the left band is on top once displayed
+
+
+def test_grey_16_bit_and_alpha_images(tmp_path):
+    import cv2
+
+    from gsplat_kit.scene.images import read_image, read_mask, to_float_rgb
+
+    grey16 = (np.arange(12 * 10).reshape(10, 12) * 500).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "g.png"), grey16)
+    img = read_image(str(tmp_path / "g.png"))
+    assert img.dtype == np.uint16 and img.shape == (10, 12, 3) and np.array_equal(img[..., 1], grey16)
+    assert np.allclose(to_float_rgb(img)[..., 0], grey16 / 65535.0)
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 0  # red, fully transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    assert np.allclose(to_float_rgb(read_image(str(tmp_path / "a.png")), background=(0.0, 1.0, 0.0)), [0, 1, 0])
+    assert read_mask(str(tmp_path / "a.png")).max() == 0.0  # an RGBA mask counts by its alpha
+
+
+def test_image_of_the_cameras_aspect_is_resized_with_a_warning(tmp_path):
+    _tiny_colmap(tmp_path, image_sizes=((80, 60), (40, 30), (80, 60)))
+    with pytest.warns(UserWarning, match=r"1 image\(s\) differ.*im2\.png: 40x30, camera 80x60"):
+        scene = load_scene(str(tmp_path), test_every=0)
+    v = next(v for v in scene.views if v.name == "im2.png")
+    assert (v.width, v.height) == (80, 60) and v.load_image().shape == (60, 80, 3)
+
+
+def test_image_of_another_aspect_is_refused(tmp_path):
+    from gsplat_kit.scene.images import ImageError
+
+    _tiny_colmap(tmp_path, image_sizes=((80, 60), (80, 80)))
+    with pytest.raises(ImageError, match=r"im2\.png: the image is 80x80 but its camera is 80x60.*aspect"):
+        load_scene(str(tmp_path))
+
+
+def test_images_n_rounding_is_accepted_without_a_warning(tmp_path, recwarn):
+    _tiny_colmap(tmp_path, cam_size=(81, 61), image_sizes=((81, 61),) * 2)
+    _tiny_colmap(tmp_path, cam_size=(81, 61), image_sizes=((41, 31),) * 2, folder="images_2")  # ceil, not floor
+    v = load_scene(str(tmp_path), data_factor=2, test_every=0).views[0]
+    assert (v.width, v.height) == (41, 31) and "images_2" in v.image_path
+    assert float(v.K[0, 0]) == pytest.approx(70.0 * 41 / 81)
+    assert not [w for w in recwarn if "differ in size" in str(w.message)]
+
+
+def test_a_corrupt_photo_is_one_error_naming_it(tmp_path):
+    from gsplat_kit.scene.images import ImageError
+
+    _tiny_colmap(tmp_path)
+    data = (tmp_path / "images" / "im2.png").read_bytes()
+    (tmp_path / "images" / "im2.png").write_bytes(data[: len(data) // 2])  # the header survives, the pixels not
+    scene = load_scene(str(tmp_path), test_every=0)
+    with pytest.raises(ImageError, match=r"im2\.png: not decodable"):
+        [v.load_image() for v in scene.views]
+    (tmp_path / "images" / "im3.png").write_bytes(b"GIF89a" + bytes(10))  # not even a header
+    with pytest.raises(ImageError, match=r"im3\.png: not a readable image"):
+        load_scene(str(tmp_path))
+
+
+def test_colmap_model_of_the_stored_pixels_keeps_them(tmp_path):
+    """A photo with an EXIF rotation whose COLMAP camera has the stored (unrotated) size: COLMAP saw the
+    stored pixels, so they are what the view gets; where the camera has the rotated size, it is rotated."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :10] = 255
+    for root, cam_size in ((tmp_path / "stored", (40, 20)), (tmp_path / "rotated", (20, 40))):
+        _tiny_colmap(root, cam_size=cam_size, image_sizes=(cam_size,) * 2)
+        for i in (1, 2):  # JPEG bytes under the names the model lists
+            Image.fromarray(stored).save(root / "images" / f"im{i}.png", format="JPEG", exif=exif.tobytes(), quality=95)
+    img = load_scene(str(tmp_path / "stored"), test_every=0).views[0].load_image()
+    assert img.shape == (20, 40, 3) and float(img[:, :8].mean()) > 0.8  # as stored: the band on the left
+    img = load_scene(str(tmp_path / "rotated"), test_every=0).views[0].load_image()
+    assert img.shape == (40, 20, 3) and float(img[:8].mean()) > 0.8  # as displayed: the band on top
+
+
+def test_cli_reports_bad_scenes_in_one_line(tmp_path, capsys):
+    """Reader errors reach the user through the CLI's one handler: one line naming the file, exit 2."""
+    import struct
+
+    from gsplat_kit.cli import main
+
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "transforms.json").write_text('[{"frames": []}]')
+    _tiny_colmap(tmp_path / "nan")
+    cams = tmp_path / "nan" / "sparse" / "0" / "cameras.bin"
+    data = bytearray(cams.read_bytes())
+    struct.pack_into("<d", data, 8 + 24, float("nan"))
+    cams.write_bytes(bytes(data))
+    for scene, expected in (("list", r"transforms\.json: the top level is a JSON list"),
+                            ("nan", r"cameras\.bin: camera 1 \(PINHOLE\) has non-finite parameters \[nan")):
+        assert main(["train", "--data", str(tmp_path / scene), "--out", str(tmp_path / f"out_{scene}"),
+                     "--steps", "1", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+        assert re.search(expected, err), err

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -166,3 +168,15 @@ def test_demo_scene_files_are_consistent():
         p = w2c[:3, :3] @ np.array([0.0, 0.1, 0.35]) + w2c[:3, 3]  # the look-at target
         u, v = (K @ p)[:2] / p[2]
         assert p[2] > 0 and abs(u - gt["width"] / 2) < 1 and abs(v - gt["height"] / 2) < 1
+
+
+@pytest.mark.parametrize("opt, value", [("--max-image-size", "0"), ("--max-image-size", "abc"), ("--max-features", "0"),
+                                        ("--max-features", "-5"), ("--threads", "0"), ("--threads", "-2"),
+                                        ("--threads", "1.5")])
+def test_cli_numeric_options_checked_at_parse_time(tmp_path, opt, value):
+    """Out-of-range numbers are one line naming the option, exit 2, before any photo is read."""
+    r = subprocess.run([sys.executable, "-m", "gsplat_kit.cli", "sfm", str(tmp_path / "photos"), str(tmp_path / "out"),
+                        opt, value], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and opt in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from gsplat_kit.common.atomic import TMP_TAG
 from gsplat_kit.train.video import camera_path, render_video
 from train_helpers import make_scene
 
@@ -87,4 +88,4 @@ def test_render_video(tmp_path):
     frames = imageio.mimread(out)
     assert len(frames) == 12 and frames[0].shape == (48, 64, 3)
     assert frames[0].std() > 5                               # something was rendered
-    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp") or TMP_TAG in f]

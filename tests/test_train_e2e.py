@@ -18,8 +18,8 @@ ENV = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSI
 @pytest.mark.skipif(not os.path.isdir(CUP), reason=f"{CUP} not present")
 def test_train_cup_reaches_heldout_psnr(tmp_path):
     out = tmp_path / "cup"
-    # 300 steps, densifying at 150/200/250 (the 3DGS schedule starts at 500, after this budget): ~30 s of
-    # training on 2 idle cores, ~140 s on 2 cores shared with 6 busy processes.
+    # 300 steps, densifying at 150/200/250: the 3DGS schedule starts at 500, after this budget, and a CPU
+    # test cannot afford more (BENCHMARKS.md has training speeds)
     cmd = [sys.executable, "-m", "gsplat_kit.cli", "train", "--data", CUP, "--data-factor", "4", "--out", str(out),
            "--steps", "300", "--ckpt-every", "150", "--no-progress",
            "--strategy-opt", "refine_start_iter=100", "--strategy-opt", "refine_every=50"]

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from gsplat_kit.common.atomic import TMP_TAG
 from gsplat_kit.train import checkpoint as ckpt
 from gsplat_kit.train.config import TrainConfig
 from gsplat_kit.train.evaluation import evaluate
@@ -81,7 +82,7 @@ def test_train_writes_outputs_and_learns(tmp_path, scene, monkeypatch):
     # periodic checkpoints at 50 and 100 plus the final one; no temp files left behind
     assert [os.path.basename(p) for p in ckpt.list_checkpoints(str(out))] == \
         ["ckpt_000050.pt", "ckpt_000100.pt", "ckpt_000150.pt"]
-    assert not [f for f in os.listdir(out / "ckpts") if f.startswith(".tmp")]
+    assert not [f for f in os.listdir(out / "ckpts") if f.startswith(".tmp") or TMP_TAG in f]
     # 150 steps on 8 views of 64x48 px, densifying at steps 80 and 120: the training views went from 19.6 dB to
     # 21.8-22.2 dB over seeds 0..2 (measured), the two held-out views from 19.7 to 20.2-20.9 dB. A broken gradient,
     # optimizer or densification leaves the fit at (or below) the initial value.
@@ -158,3 +159,19 @@ def test_random_background_needs_a_scene_without_one(tmp_path, scene):
     with pytest.raises(ValueError, match="fixed background"):
         Trainer(_cfg(tmp_path, "bg", random_background=True), scene=white)
     Trainer(_cfg(tmp_path, "bg", random_background=False), scene=white)
+
+
+def test_train_claims_its_output_folder(tmp_path, scene, monkeypatch):
+    import gsplat_kit.train.export as export
+    from gsplat_kit.common.errors import UserError
+
+    monkeypatch.setattr(export, "write_ply", lambda path, s: None)
+    Trainer(_cfg(tmp_path, "own", steps=4), scene=scene).train()
+    with pytest.raises(UserError, match="holds a previous train run"):
+        Trainer(_cfg(tmp_path, "own", steps=4), scene=scene).train()
+    # resuming in place continues the same run
+    tr = Trainer(_cfg(tmp_path, "own", steps=6, resume="auto"), scene=scene)
+    assert tr.step == 4
+    assert tr.train()["steps"] == 6
+    assert [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path / "own"))] == \
+        ["ckpt_000004.pt", "ckpt_000006.pt"]

@@ -46,7 +46,7 @@ def test_camera_update_gives_new_frame_with_fps_and_adaptive_resolution(app):
         time.sleep(1.0)
         n = len(client.frames)
         stream = app.wait_for_client(5)
-        assert stream.fps > 0 and "Server fps: **" in app.gui_fps.content
+        assert stream.fps > 0 and "Server fps: **" in app.panels.fps.content
 
         # a camera move from the client -> a new frame of the new view (low-res first, sharp when it rests)
         b = _view([2.2, -0.8, 0.0])
@@ -68,7 +68,7 @@ def test_camera_update_gives_new_frame_with_fps_and_adaptive_resolution(app):
 def test_frustum_click_jumps_to_training_camera(app):
     views = [_view([0, -0.5, -3.0]), _view([3.0, -0.5, 0.0]), _view([0, -0.5, 3.0])]
     app.set_scene(sphere_splats(3000), views, "sphere")
-    assert len(app._frusta) == 3
+    assert len(app.frusta.handles) == 3
     with ViserTestClient(app.url) as client:
         _send(client, app, views[0])
         app.wait_for_client(10)
@@ -88,16 +88,16 @@ def test_depth_mode_switches_client_path_to_server():
         with ViserTestClient(a.url) as client:
             _send(client, a, _view([0, -0.8, -2.2]))
             a.wait_for_client(10)
-            client.gui_update(a.gui_mode._impl.uuid, value="Depth")   # what the page sends
+            client.gui_update(a.panels.mode._impl.uuid, value="Depth")   # what the page sends
             def switched():
                 return (a.render_path == "server" and a.settings.mode == "Depth"
-                        and all(not h.visible for h in a._splat_handles))
+                        and all(not h.visible for h in a.splat_nodes.handles))
 
             t_end = time.time() + 20   # the callback runs on viser's thread pool
             while not switched() and time.time() < t_end:
                 time.sleep(0.02)
             assert a.render_path == "server" and a.settings.mode == "Depth"
-            assert all(not h.visible for h in a._splat_handles)
+            assert all(not h.visible for h in a.splat_nodes.handles)
     finally:
         a.close()
 
@@ -177,7 +177,7 @@ def test_client_buffers_covariance_and_budget():
 
 
 def test_large_scene_goes_to_the_page_in_chunks_within_budget():
-    from gsplat_kit.viewer.app import CHUNK
+    from gsplat_kit.viewer.client_splats import CHUNK
     from gsplat_kit.viewer.synthetic import cloud_splats
 
     app = ViewerApp("127.0.0.1", 0, render_path="client", device="cpu", client_budget=int(1.5 * CHUNK))
@@ -194,7 +194,7 @@ def test_large_scene_goes_to_the_page_in_chunks_within_budget():
             splat_msgs = [m for m in client.messages if m["type"] == "GaussianSplatsMessage"]
             sizes = [len(m["props"]["buffer"]) // 32 for m in splat_msgs]   # 32 bytes per Gaussian
             assert sizes == [CHUNK, CHUNK // 2], sizes     # the 1.5 x CHUNK most visible, in 2 messages
-            assert "most visible" in app.gui_status.content
+            assert "most visible" in app.panels.status.content
             # a new version of the scene (live training) updates the nodes in place: no remove/add flicker
             app.set_scene(cloud_splats(CHUNK // 2, seed=1), None, "cloud v2")
             upd = client.wait_message(lambda m: m["type"] == "SceneNodeUpdateMessage" and m["name"] == "/splats/0"
@@ -212,21 +212,11 @@ def test_streamed_depth_decodes_like_the_page_shader():
 
     from PIL import Image
 
-    from gsplat_kit.viewer.app import send_frame
-
-    class _Sink:
-        def __init__(self):
-            self.msgs = []
-            self.scene = self
-            self._websock_interface = self
-
-        def queue_message(self, m):
-            self.msgs.append(m)
+    from gsplat_kit.viewer.stream import encode_frame
 
     depth = np.array([[0.0, 0.5, 1.234567], [12.5, 99.99999, 1e4]], np.float32)
-    sink = _Sink()
-    send_frame(sink, np.zeros((2, 3, 3), np.uint8), depth, 90)
-    png = np.asarray(Image.open(io.BytesIO(sink.msgs[0].depth_data)).convert("RGB")).astype(np.float64) / 255
+    _, depth_png = encode_frame(np.zeros((2, 3, 3), np.uint8), depth, 90)
+    png = np.asarray(Image.open(io.BytesIO(depth_png)).convert("RGB")).astype(np.float64) / 255
     decoded = png[..., 2] * 0.00255 + png[..., 1] * 0.6528 + png[..., 0] * 167.1168
     np.testing.assert_allclose(decoded, np.minimum(depth, (2 ** 24 - 1) / 1e5), atol=2e-5)
 
@@ -240,7 +230,7 @@ def test_screenshot_button_downloads_png_of_current_view(app):
         v = _view([0, -0.8, -2.2])
         _send(client, app, v, 320, 240)
         app.wait_for_client(10)
-        client.gui_update(app.gui_shot._impl.uuid, value=True)
+        client.gui_update(app.panels.shot._impl.uuid, value=True)
         start = client.wait_message(lambda m: m["type"] == "FileTransferStartDownload", 30)
         assert start is not None and start["filename"].endswith(".png")
         uid = start["transfer_uuid"]
@@ -251,3 +241,46 @@ def test_screenshot_button_downloads_png_of_current_view(app):
         png = np.asarray(Image.open(io.BytesIO(b"".join(bytes(m["content"]) for m in parts))).convert("RGB"))
         ref = app.renderer.render(v.camtoworld, v.fov_y, 320, 240, app.settings)
         assert png.shape == (240, 320, 3) and np.abs(png.astype(int) - ref).max() <= 1   # lossless, same view
+
+
+def test_send_frame_reaches_the_page_through_visers_message_queue():
+    """send_frame reaches viser internals in one function (stream.queue_background_image: viser's message
+    type and a client's private message queue, for frames we encode). This fails when a viser release
+    moves or renames them."""
+    from gsplat_kit.viewer.stream import send_frame
+
+    a = ViewerApp("127.0.0.1", 0, render_path="client", device="cpu")   # client path: no frames of its own
+    try:
+        with ViserTestClient(a.url) as client:
+            _send(client, a, _view([0, -0.8, -2.2]))    # viser announces a client once its camera is known
+            a.wait_for_client(10)
+            handle = next(iter(a.server.get_clients().values()))
+            n = len(client.frames)
+            img = np.zeros((24, 32, 3), np.uint8)
+            img[:, :16] = (250, 20, 20)
+            send_frame(handle, img, np.full((24, 32), 2.5, np.float32), 95)
+            assert client.wait_frames(n + 1, 10), "the frame did not reach the page"
+            got = ViserTestClient.decode(client.frames[-1])
+            assert got.shape == img.shape and np.abs(got.astype(int) - img).mean() < 4
+            msg = client.wait_message(lambda m: m["type"] == "BackgroundImageMessage" and m.get("depth_data"), 5)
+            assert msg is not None, "the depth map did not reach the page"
+    finally:
+        a.close()
+
+
+def test_page_opens_at_home_and_reset_view_returns_there(app):
+    """New pages start at the home camera (here: framing the sphere, no training cameras); after the user
+    moves, the Cameras panel's "Reset view" button puts the camera back."""
+    home = app.home
+    k = app.world_scale
+    assert np.allclose(app.server.initial_camera.position, k * home.position)
+    assert np.allclose(app.server.initial_camera.look_at, k * home.look_at)
+    with ViserTestClient(app.url) as client:
+        _send(client, app, _view([2.5, -0.5, 1.0]))     # the user has moved away
+        app.wait_for_client(10)
+        client.gui_update(app.panels.reset._impl.uuid, value=True)
+        msg = client.wait_message(lambda m: m["type"] == "SetCameraPositionMessage" and not m.get("initial")
+                                  and np.allclose(m["position"], k * home.position, atol=1e-5), 10)
+        assert msg is not None, "Reset view did not move the camera home"
+        look = client.wait_message(lambda m: m["type"] == "SetCameraLookAtMessage" and not m.get("initial"), 5)
+        assert look is not None and np.allclose(look["look_at"], k * home.look_at, atol=1e-5)

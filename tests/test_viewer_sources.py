@@ -105,7 +105,7 @@ def test_gsplat_kit_run_folder_shows_training_cameras(tmp_path):
     app = ViewerApp("127.0.0.1", 0, render_path="client", device="cpu")
     try:
         assert app.load(str(tmp_path), background=False) is True
-        assert len(app._frusta) == len(expected)
+        assert len(app.frusta.handles) == len(expected)
     finally:
         app.close()
 
@@ -146,8 +146,8 @@ def test_malformed_ply_is_reported_in_page_and_server_keeps_running(tmp_path, ca
             assert app.load(str(bad), background=False) is False
             err = capsys.readouterr().err
             assert "error:" in err and "malformed.ply" in err and "Traceback" not in err
-            assert app.gui_error.visible and "Error" in app.gui_error.content
-            assert "malformed.ply" in app.gui_error.content
+            assert app.panels.error.visible and "Error" in app.panels.error.content
+            assert "malformed.ply" in app.panels.error.content
             note = client.wait_message(lambda m: m["type"] == "NotificationShowMessage"
                                        and "malformed.ply" in m["props"]["body"], 10)
             assert note is not None, "the page was not told about the malformed file"
@@ -155,7 +155,7 @@ def test_malformed_ply_is_reported_in_page_and_server_keeps_running(tmp_path, ca
             assert urllib.request.urlopen(app.url, timeout=10).status == 200
             n = len(client.frames)
             assert app.load(str(good), background=False) is True
-            assert app.scene.num_gaussians == 300 and not app.gui_error.visible
+            assert app.scene.num_gaussians == 300 and not app.panels.error.visible
             assert client.wait_frames(n + 1, 30)
     finally:
         app.close()

@@ -2,6 +2,7 @@
 parsed (not when a value is first used, possibly hours later)."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -91,6 +92,15 @@ def coerce_fields(cls, values: dict, where: str) -> dict:
     return {k: _coerce(v, hints[k], f"{where} {k}") for k, v in values.items()}
 
 
+def coerce_field(cls, key: str, value, name: str):
+    """One field of dataclass `cls`, converted like `coerce_fields` does; errors name `name` (e.g. the flag
+    that set the value, "--steps") instead of the field."""
+    hints = typing.get_type_hints(cls)
+    if key not in {f.name for f in dataclasses.fields(cls)}:
+        raise UserError(f"{name}: unknown field {key!r} of {cls.__name__}")
+    return _coerce(value, hints[key], name)
+
+
 def check_range(name: str, value, *, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False,
                 allow: tuple = ()):
     """Raises a UserError naming `name` unless lo <= value <= hi (strict where *_open), or value in allow."""
@@ -106,3 +116,19 @@ def check_range(name: str, value, *, lo=None, hi=None, lo_open: bool = False, hi
         extra = f" (or {', '.join(map(str, allow))})" if allow else ""
         raise UserError(f"{name} must be {' and '.join(s for s in (lo_s, hi_s) if s)}{extra}, got {value}")
     return value
+
+
+def ranged(conv, **limits):
+    """An argparse `type=`: `conv(text)` (int or float) checked by `check_range(**limits)`, so a bad value
+    is refused while the command line is parsed, in argparse's one line that names the option."""
+    def parse(text: str):
+        try:
+            value = conv(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if conv is int else 'a number'}") from None
+        try:
+            return check_range("value", value, **limits)
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = getattr(conv, "__name__", "value")  # argparse's fallback message names the type
+    return parse

@@ -38,6 +38,7 @@ class RunFolder:
         self._lock_fd = lock_fd
         self._before = before
         self._previous = previous
+        self._finished = False
         self.path = out
         if mode == "overwrite":
             self.path = atomic.temp_path(out / "run")
@@ -47,7 +48,9 @@ class RunFolder:
 
     # -- claiming --------------------------------------------------------------------------------------
     @classmethod
-    def claim(cls, out, kind: str, *, resume: bool = False, overwrite: bool = False, flag: str = "--out") -> RunFolder:
+    def claim(cls, out, kind: str, *, resume: bool = False, overwrite: bool = False, flag: str = "--out",
+              resumable: bool = True) -> RunFolder:
+        """`resumable`: whether the verb offers --resume (the refusal says only what the user can pass)."""
         if resume and overwrite:
             raise UserError("--resume and --overwrite exclude each other")
         out = Path(out).expanduser()
@@ -75,9 +78,11 @@ class RunFolder:
                 mode = "overwrite"
             else:
                 if previous is not None:
-                    raise UserError(f"{flag} {out}: holds a previous {previous.get('kind')} run (started "
-                                    f"{previous.get('started', '?')}); pass --resume to continue it or --overwrite "
-                                    f"to replace it, or choose another folder")
+                    state = "a previous" if previous.get("finished") else "an unfinished"
+                    options = ("pass --resume to continue it or --overwrite to replace it" if resumable
+                               else "pass --overwrite to replace it")
+                    raise UserError(f"{flag} {out}: holds {state} {previous.get('kind')} run (started "
+                                    f"{previous.get('started', '?')}); {options}, or choose another folder")
                 if before:
                     raise UserError(f"{flag} {out}: the folder is not empty ({len(before)} entries, e.g. "
                                     f"{sorted(before)[0]!r}); choose an empty or new folder, or pass --overwrite")
@@ -111,15 +116,22 @@ class RunFolder:
                 self.path = self.out
                 self._write_marker(moved, finished=True)
             else:
-                now = {n for n in os.listdir(self.out) if n not in _OWN and atomic.temp_owner(n) is None}
                 prev = set((self._previous or {}).get("outputs", []))
-                self._write_marker(sorted(prev | (now - self._before)), finished=True)
+                self._write_marker(sorted(prev | (self._outputs_now() - self._before)), finished=True)
+            self._finished = True
         finally:
             self.release()
 
+    def _outputs_now(self) -> set[str]:
+        return {n for n in os.listdir(self.out) if n not in _OWN and atomic.temp_owner(n) is None}
+
     def release(self) -> None:
-        """Drops the lock without finishing (a failed run: its files stay for --resume)."""
+        """Drops the lock without finishing (a failed run: its files stay for --resume). A new run that
+        failed before writing anything takes its marker back, so the folder is as it was (a typo in an
+        input path must not make the next attempt need --overwrite)."""
         if self._lock_fd >= 0:
+            if self.mode == "new" and not self._finished and not self._outputs_now():
+                (self.out / MARKER).unlink(missing_ok=True)
             os.close(self._lock_fd)
             self._lock_fd = -1
 

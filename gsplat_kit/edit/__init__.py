@@ -12,7 +12,8 @@ _EXPORTS = {
     "AttentionReweight": "controllers", "AttentionStore": "controllers", "LocalBlend": "controllers",
     "get_equalizer": "controllers", "Prompt2PromptOutput": "pipeline", "Prompt2PromptPipeline": "pipeline",
     "P2PAttnProcessor": "processor", "UnsupportedModelError": "processor",
-    "register_attention_control": "processor", "attention_grid": "viz",
+    "register_attention_control": "processor", "attention_grid": "viz", "PlugAndPlayPipeline": "pnp",
+    "StableDiffusionBase": "stable_diffusion",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,32 +1,47 @@
 """`gsplat-kit edit`, `gsplat-kit invert`, `gsplat-kit pnp`: Prompt-to-Prompt editing (generated or real
 images), inversion of real images, and Plug-and-Play translation, on a local Stable Diffusion folder.
 
-Each writes an output folder: the images, `attention.png` (per-token cross-attention heat maps; edit),
-and `settings.json` (every resolved setting). torch / diffusers are imported inside the handlers.
+Each claims its output folder for one run (`common.run_folder`: a folder holding another run is refused
+unless --overwrite, which replaces it when the new run finishes) and writes the images, `attention.png`
+(per-token cross-attention heat maps; edit) and `settings.json` (every resolved setting), each atomically.
+Every numeric option is range-checked while the command line is parsed. torch / diffusers are imported
+inside the handlers, so that `gsplat-kit --help` stays fast.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+from pathlib import Path
+
+from gsplat_kit.common.atomic import atomic_path, write_json
+from gsplat_kit.common.errors import UserError
+from gsplat_kit.common.options import check_range, ranged
+from gsplat_kit.common.run_folder import RunFolder
+
+MAX_STEPS = 1000  # the DDPM schedule Stable Diffusion was trained with has 1000 timesteps
+MAX_SIDE = 8192
 
 
-class CLIError(ValueError):
-    """Bad command-line input (reported without a traceback, exit status 2)."""
+class CLIError(UserError):
+    """Bad command-line input (one line on stderr, exit status 2)."""
 
 
 def _common(p: argparse.ArgumentParser, out_default: str):
     p.add_argument("--model", required=True, help="local diffusers Stable Diffusion 1.x / 2.x folder (model_index.json)")
-    p.add_argument("--out", default=out_default, help=f"output folder (default {out_default})")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
+    p.add_argument("--out", default=out_default, help=f"output folder (default {out_default}); it holds one run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its files are removed when the new run finishes)")
+    p.add_argument("--steps", type=ranged(int, lo=1, hi=MAX_STEPS), default=50, help="denoising steps (default 50)")
+    p.add_argument("--guidance", type=ranged(float, lo=0), default=7.5,
+                   help="classifier-free guidance scale (default 7.5; <= 1 turns guidance off)")
+    p.add_argument("--seed", type=ranged(int, lo=0, hi=2 ** 63 - 1), default=0, help="seed of the starting noise (default 0)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when a GPU is visible)")
     p.add_argument("--fp16", action="store_true", help="half-precision weights (GPU)")
-    p.add_argument("--height", type=int, default=None, help="image height (default: the model's)")
-    p.add_argument("--width", type=int, default=None, help="image width (default: the model's)")
+    side = ranged(int, lo=8, hi=MAX_SIDE)
+    p.add_argument("--height", type=side, default=None, help="image height (default: the model's)")
+    p.add_argument("--width", type=side, default=None, help="image width (default: the model's)")
 
 
 def register(subparsers):
@@ -43,19 +58,20 @@ def register(subparsers):
     e.add_argument("--target", required=True, action="append", help="a target prompt (repeat for several)")
     e.add_argument("--edit-type", default="replace", choices=["replace", "refine", "reweight"],
                    help="word swap (same word count), refinement (added words), or re-weighting only")
-    e.add_argument("--cross-replace-steps", default="0.8",
+    e.add_argument("--cross-replace-steps", default="0.8", type=_steps_type("--cross-replace-steps", per_word=True),
                    help="fraction of steps with injected cross maps: 0.8, or a window 0.1,0.8, or per word "
                         "'default_=0.8;tiger=0.4'")
-    e.add_argument("--self-replace-steps", default="0.4", help="fraction (or window a,b) of steps with injected self maps")
-    e.add_argument("--self-min-scale", type=float, default=None,
+    e.add_argument("--self-replace-steps", default="0.4", type=_steps_type("--self-replace-steps", per_word=False),
+                   help="fraction (or window a,b) of steps with injected self maps")
+    e.add_argument("--self-min-scale", type=ranged(float, lo=0, lo_open=True), default=None,
                    help="self maps are injected at layers of latent/s with s >= this (default 4; 2 for real images, "
                         "as the null-text notebook)")
     e.add_argument("--blend-words", nargs="+", default=None, metavar="WORDS",
                    help="LocalBlend: one entry per prompt (source first); several words for one prompt as a,b")
-    e.add_argument("--blend-threshold", type=float, default=0.3, help="LocalBlend mask threshold")
-    e.add_argument("--equalizer", nargs="+", default=None, metavar="WORD=SCALE",
+    e.add_argument("--blend-threshold", type=ranged(float, lo=0, hi=1), default=0.3, help="LocalBlend mask threshold")
+    e.add_argument("--equalizer", nargs="+", default=None, metavar="WORD=SCALE", type=_word_scale,
                    help="re-weighting: scale a target word's attention, e.g. smiling=4 (negative allowed)")
-    e.add_argument("--map-scale", type=float, default=4,
+    e.add_argument("--map-scale", type=ranged(float, lo=1), default=4,
                    help="LocalBlend and attention.png use the cross-attention maps at latent/s (16x16 for 512 px)")
     e.add_argument("--image", default=None, help="edit this photo (inverted first)")
     e.add_argument("--inversion", default=None, help="edit from a saved inversion (inversion.pt from `gsplat-kit invert`)")
@@ -72,7 +88,8 @@ def register(subparsers):
     i.add_argument("--image", required=True, help="the photo")
     i.add_argument("--prompt", required=True, help="a caption of the photo (the source prompt)")
     i.add_argument("--method", default="null-text", choices=["null-text", "negative-prompt", "ddim"])
-    i.add_argument("--inner-steps", type=int, default=10, help="null-text: Adam steps per denoising step")
+    i.add_argument("--inner-steps", type=ranged(int, lo=1, hi=MAX_STEPS), default=10,
+                   help="null-text: Adam steps per denoising step")
     i.set_defaults(func=run_invert)
 
     p = subparsers.add_parser(
@@ -86,50 +103,35 @@ def register(subparsers):
     p.add_argument("--prompt", required=True, help="the target prompt")
     p.add_argument("--negative-prompt", default="", help="negative prompt")
     p.add_argument("--inversion-prompt", default="", help="prompt used to invert the photo")
-    p.add_argument("--inversion-steps", type=int, default=None,
+    p.add_argument("--inversion-steps", type=ranged(int, lo=1, hi=MAX_STEPS), default=None,
                    help="DDIM inversion steps (default: --steps; pnp-diffusers uses 1000, slower and more faithful)")
-    p.add_argument("--pnp-f-t", type=float, default=0.8, help="fraction of steps with feature injection")
-    p.add_argument("--pnp-attn-t", type=float, default=0.5, help="fraction of steps with self-attention injection")
+    fraction = ranged(float, lo=0, hi=1)
+    p.add_argument("--pnp-f-t", type=fraction, default=0.8, help="fraction of steps with feature injection")
+    p.add_argument("--pnp-attn-t", type=fraction, default=0.5, help="fraction of steps with self-attention injection")
     p.add_argument("--feature-layers", nargs="+", default=["up_blocks.1.resnets.1"], help="UNet modules whose output is injected")
     p.add_argument("--attn-layers", nargs="+", default=None,
                    help="self-attention layers (attn1) to inject (default: the decoder's, but the first)")
     p.set_defaults(func=run_pnp)
 
 
-# ---- helpers --------------------------------------------------------------------------------------------
-
-def _fail(msg: str) -> int:
-    print(f"gsplat-kit: error: {msg}", file=sys.stderr)
-    return 2
-
-
-def _guard(fn):
-    """Runs a handler; bad input (ValueError / FileNotFoundError / NativeBuildError) -> message, exit 2."""
-    def run(args):
-        from gsplat_kit._backend import NativeBuildError
-
-        try:
-            return fn(args)
-        except (ValueError, FileNotFoundError, NativeBuildError) as e:
-            return _fail(str(e))
-    run.__name__ = fn.__name__
-    run.__doc__ = fn.__doc__
-    return run
-
+# ---- parsing --------------------------------------------------------------------------------------------
 
 def parse_steps(text: str, what: str):
-    """'0.8' -> 0.8; '0.1,0.8' -> (0.1, 0.8); 'default_=0.8;tiger=0.1,0.5' -> dict (cross only)."""
+    """'0.8' -> 0.8; '0.1,0.8' -> (0.1, 0.8); 'default_=0.8;tiger=0.1,0.5' -> dict (cross only). Every
+    value is a fraction of the steps in [0, 1], a window's start at most its end."""
     def one(s):
         parts = [x.strip() for x in s.split(",")]
         try:
             vals = [float(x) for x in parts]
         except ValueError:
             raise CLIError(f"{what}: {s!r} is not a number or a pair a,b") from None
-        if len(vals) == 1:
-            return vals[0]
-        if len(vals) == 2:
-            return tuple(vals)
-        raise CLIError(f"{what}: {s!r} has {len(vals)} numbers (one, or a pair a,b)")
+        if len(vals) > 2:
+            raise CLIError(f"{what}: {s!r} has {len(vals)} numbers (one, or a pair a,b)")
+        for v in vals:
+            check_range(f"{what}: fraction", v, lo=0, hi=1)
+        if len(vals) == 2 and vals[0] > vals[1]:
+            raise CLIError(f"{what}: the window {s!r} starts after it ends")
+        return vals[0] if len(vals) == 1 else tuple(vals)
     text = text.strip()
     if "=" in text:
         out = {}
@@ -144,65 +146,87 @@ def parse_steps(text: str, what: str):
     return one(text)
 
 
+def _steps_type(what: str, per_word: bool):
+    def parse(text: str):
+        try:
+            steps = parse_steps(text, what)
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{what}: ")) from None  # argparse names it
+        if isinstance(steps, dict) and not per_word:
+            raise argparse.ArgumentTypeError("takes a fraction or a window a,b, not per-word values")
+        return steps
+    parse.__name__ = "steps"
+    return parse
+
+
+def _word_scale(text: str) -> tuple[str, float]:
+    """--equalizer WORD=SCALE -> (word, finite scale)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WORD=SCALE")
+    w, v = text.split("=", 1)
+    try:
+        value = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
+    try:
+        check_range(f"the scale of {w.strip()!r}", value)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return w.strip(), value
+
+
+# ---- helpers --------------------------------------------------------------------------------------------
+
 def _device(args):
     import torch
 
-    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError("--device cuda: no GPU is visible")
-    dtype = torch.float16 if args.fp16 else torch.float32
-    if args.fp16 and not dev.startswith("cuda"):
-        raise CLIError("--fp16 needs a GPU")
-    return dev, dtype
-
-
-def _load_sd(args):
-    """The local StableDiffusionPipeline at --model (never the hub)."""
-    import torch
-
-    path = args.model
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"--model {path}: no such folder (a local diffusers Stable Diffusion folder is expected)")
-    if not os.path.exists(os.path.join(path, "model_index.json")):
-        raise FileNotFoundError(f"--model {path}: no model_index.json, not a diffusers pipeline folder")
-    from diffusers import StableDiffusionPipeline
-
-    dev, dtype = _device(args)
     try:
-        sd = StableDiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True, safety_checker=None,
-                                                     requires_safety_checker=False)
-    except (OSError, EnvironmentError) as e:
-        raise FileNotFoundError(f"--model {path}: cannot load the weights ({e})") from e
-    sd.set_progress_bar_config(disable=True)
+        dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise CLIError(f"--device {args.device}: not a device (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {args.device}: no GPU is visible")
+    if args.fp16 and dev.type != "cuda":
+        raise CLIError("--fp16 needs a GPU")
+    return dev, (torch.float16 if args.fp16 else torch.float32)
+
+
+def _require_kernel():
+    """The fused attention needs the native module: a missing or stale build is setup, not a bug."""
+    from gsplat_kit._backend import NativeBuildError, load
+
+    try:
+        load()
+    except NativeBuildError as e:
+        raise UserError(str(e)) from None
+
+
+def _check_image(path: str):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--image {path}: no such file")
+
+
+def _load_sd(args, dev, dtype):
+    """The local Stable Diffusion at --model (never the hub), as a diffusers pipeline."""
+    import diffusers
+    import torch
+    import transformers
+
+    from .stable_diffusion import load_pretrained
+
+    # their loading notes and bars (e.g. "install accelerate") would bury the one line of a later error
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    pipe = load_pretrained(args.model, dtype, dev, what="--model")
     torch.manual_seed(args.seed)
-    return sd.to(dev)
+    return pipe
 
 
-def _prepare_out(path: str):
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
-def _save_png(img, path: str):
-    """PIL image -> PNG, atomically."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}.png")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _save_json(obj, path: str):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
-def _to_pil(images):
-    from PIL import Image
-    import numpy as np
-
-    return [im if isinstance(im, Image.Image) else Image.fromarray((np.asarray(im) * 255).round().astype(np.uint8))
-            for im in images]
+def _save_png(image, path: Path):
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def _row(images):
@@ -226,167 +250,160 @@ def _slug(text: str) -> str:
 
 # ---- handlers -------------------------------------------------------------------------------------------
 
-@_guard
 def run_edit(args) -> int:
     """gsplat-kit edit"""
     import torch
 
     from . import inversion as inv
     from .pipeline import Prompt2PromptPipeline
+    from .stable_diffusion import StableDiffusionBase
 
     prompts = [args.source] + list(args.target)
-    cross = parse_steps(args.cross_replace_steps, "--cross-replace-steps")
-    self_steps = parse_steps(args.self_replace_steps, "--self-replace-steps")
-    if isinstance(self_steps, dict):
-        raise CLIError("--self-replace-steps takes a fraction or a window a,b, not per-word values")
+    cross, self_steps = args.cross_replace_steps, args.self_replace_steps
     blend = None
     if args.blend_words is not None:
         if len(args.blend_words) != len(prompts):
             raise CLIError(f"--blend-words: {len(args.blend_words)} entries for {len(prompts)} prompts (one per prompt, source first)")
         blend = [w.split(",") if "," in w else w for w in args.blend_words]
-    eq_words = eq_vals = None
-    if args.equalizer:
-        eq_words, eq_vals = [], []
-        for item in args.equalizer:
-            if "=" not in item:
-                raise CLIError(f"--equalizer: {item!r} is not WORD=SCALE")
-            w, v = item.split("=", 1)
-            try:
-                eq_vals.append(float(v))
-            except ValueError:
-                raise CLIError(f"--equalizer: {v!r} is not a number") from None
-            eq_words.append(w.strip())
+    eq_words = [w for w, _ in args.equalizer] if args.equalizer else None
+    eq_vals = [v for _, v in args.equalizer] if args.equalizer else None
     if args.edit_type == "reweight" and not eq_words:
         raise CLIError("--edit-type reweight needs --equalizer WORD=SCALE")
     if args.image and args.inversion:
         raise CLIError("give --image or --inversion, not both")
-    if args.steps < 1:
-        raise CLIError(f"--steps must be >= 1, got {args.steps}")
-    if args.image and not os.path.exists(args.image):
-        raise FileNotFoundError(f"--image {args.image}: no such file")
+    if args.image:
+        _check_image(args.image)
+    res = None
+    if args.inversion:
+        res = inv.InversionResult.load(args.inversion)
+        if len(res.uncond_embeddings) != args.steps:
+            raise CLIError(f"--inversion {args.inversion} has {len(res.uncond_embeddings)} steps but --steps is {args.steps}")
+        if res.prompt != args.source:
+            print(f"note: the inversion was made with the prompt {res.prompt!r}", file=sys.stderr)
+    dev, dtype = _device(args)
+    if not args.no_fused:
+        _require_kernel()
 
-    sd = _load_sd(args)
+    sd = StableDiffusionBase.from_pipe(_load_sd(args, dev, dtype))
     p2p = Prompt2PromptPipeline.from_pipe(sd, fused=not args.no_fused)
     real = bool(args.image or args.inversion)
-    out = _prepare_out(args.out)
+    self_min = args.self_min_scale if args.self_min_scale is not None else (2 if real else 4)
+    lb_kw = {"threshold": args.blend_threshold, "map_scale": args.map_scale} if blend else None
+    # what can be wrong with the prompts, words and photo is found before the output folder is claimed
+    controller = p2p.make_controller(prompts, args.edit_type, args.steps, cross, self_steps, blend, eq_words, eq_vals,
+                                     lb_kw, self_min, (args.map_scale,))
+    x0 = sd.encode_image(args.image, args.height, args.width) if args.image else None
+    if res is not None:
+        fits = (tuple(res.latents.shape[1:]) == (sd.unet.config.in_channels, *sd.latent_size(args.height, args.width))
+                and res.uncond_embeddings[0].shape[1:] == sd.encode_prompts([""]).shape[1:])
+        if not fits:
+            raise CLIError(f"--inversion {args.inversion}: made with another model or image size (latents "
+                           f"{tuple(res.latents.shape)}, embeddings {tuple(res.uncond_embeddings[0].shape)})")
     settings = dict(verb="edit", prompts=prompts, edit_type=args.edit_type, cross_replace_steps=cross,
                     self_replace_steps=self_steps, blend_words=blend, blend_threshold=args.blend_threshold,
                     equalizer_words=eq_words, equalizer_strengths=eq_vals, num_inference_steps=args.steps,
                     guidance_scale=args.guidance, seed=args.seed, model=os.path.abspath(args.model),
-                    device=str(sd.unet.device), dtype=str(sd.unet.dtype), fused=not args.no_fused)
-    kw = {}
-    if real:
-        p2p.scheduler = inv.ddim_scheduler(sd)  # the inversion's scheduler
-        if args.inversion:
-            res = inv.InversionResult.load(args.inversion)
-            if res.prompt != args.source:
-                print(f"note: the inversion was made with the prompt {res.prompt!r}", file=sys.stderr)
-            if len(res.uncond_embeddings) != args.steps:
-                raise CLIError(f"--inversion has {len(res.uncond_embeddings)} steps but --steps is {args.steps}")
-        else:
-            t0 = time.time()
-            res = inv.invert(sd, args.image, args.source, method=args.inversion_method, num_inference_steps=args.steps,
-                             guidance_scale=args.guidance, height=args.height, width=args.width)
-            settings["inversion_seconds"] = round(time.time() - t0, 2)
-            res.save(os.path.join(out, "inversion.pt"))
-        dev, dtype = sd.unet.device, sd.unet.dtype
-        kw = dict(latents=res.latents.to(dev, dtype), uncond_embeddings=[u.to(dev, dtype) for u in res.uncond_embeddings])
-        settings.update(image=args.image, inversion=args.inversion, inversion_method=res.method)
-    self_min = args.self_min_scale if args.self_min_scale is not None else (2 if real else 4)
-    settings["self_min_scale"] = self_min
-    lb_kw = {"threshold": args.blend_threshold, "map_scale": args.map_scale} if blend else None
-    settings["map_scale"] = args.map_scale
-    gen = torch.Generator().manual_seed(args.seed)
-    t0 = time.time()
-    result = p2p(prompts, edit_type=args.edit_type, cross_replace_steps=cross, self_replace_steps=self_steps,
-                 blend_words=blend, equalizer_words=eq_words, equalizer_strengths=eq_vals,
-                 num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gen, output_type="pil",
-                 height=args.height, width=args.width, local_blend_kwargs=lb_kw, self_min_scale=self_min,
-                 store_scales=(args.map_scale,), **kw)
-    settings["edit_seconds"] = round(time.time() - t0, 2)
-    images = _to_pil(result.images)
-    files = []
-    for k, (prompt, im) in enumerate(zip(prompts, images)):
-        name = f"{k:02d}_{'source' if k == 0 else 'target'}_{_slug(prompt)}.png"
-        _save_png(im, os.path.join(out, name))
-        files.append(name)
-    _save_png(_row(images), os.path.join(out, "grid.png"))
-    try:
-        _save_png(result.attention_grid(), os.path.join(out, "attention.png"))
-        files.append("attention.png")
-    except ValueError as e:  # no cross layer at the stored resolution (tiny models)
-        print(f"note: no attention grid: {e}", file=sys.stderr)
-    settings["files"] = files + ["grid.png"]
-    _save_json(settings, os.path.join(out, "settings.json"))
-    print(f"wrote {len(images)} images, grid.png{', attention.png' if 'attention.png' in files else ''} and settings.json to {out}")
+                    device=str(sd.device), dtype=str(sd.dtype), fused=not args.no_fused)
+    with RunFolder.claim(args.out, "edit", overwrite=args.overwrite, resumable=False) as run:
+        out = run.path
+        kw = {}
+        if real:
+            p2p.scheduler = inv.ddim_scheduler(sd)  # the inversion's scheduler
+            if res is None:
+                t0 = time.time()
+                res = inv.invert(sd, x0, args.source, method=args.inversion_method, num_inference_steps=args.steps,
+                                 guidance_scale=args.guidance, height=args.height, width=args.width)
+                settings["inversion_seconds"] = round(time.time() - t0, 2)
+                res.save(out / "inversion.pt")
+            kw = dict(latents=res.latents.to(dev, dtype), uncond_embeddings=[u.to(dev, dtype) for u in res.uncond_embeddings])
+            settings.update(image=args.image, inversion=args.inversion, inversion_method=res.method)
+        settings.update(self_min_scale=self_min, map_scale=args.map_scale)
+        gen = torch.Generator().manual_seed(args.seed)
+        t0 = time.time()
+        result = p2p(prompts, controller=controller, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                     generator=gen, output_type="pil", height=args.height, width=args.width, **kw)
+        settings["edit_seconds"] = round(time.time() - t0, 2)
+        files = []
+        for k, (prompt, im) in enumerate(zip(prompts, result.images)):
+            name = f"{k:02d}_{'source' if k == 0 else 'target'}_{_slug(prompt)}.png"
+            _save_png(im, out / name)
+            files.append(name)
+        _save_png(_row(result.images), out / "grid.png")
+        try:
+            _save_png(result.attention_grid(), out / "attention.png")
+            files.append("attention.png")
+        except UserError as e:  # no cross layer at the stored resolution (tiny models)
+            print(f"note: no attention grid: {e}", file=sys.stderr)
+        settings["files"] = files + ["grid.png"]
+        write_json(out / "settings.json", settings)
+    print(f"wrote {len(prompts)} images, grid.png{', attention.png' if 'attention.png' in files else ''} and "
+          f"settings.json to {args.out}")
     return 0
 
 
-@_guard
 def run_invert(args) -> int:
     """gsplat-kit invert"""
-    from . import inversion as inv
+    import torch
 
-    if not os.path.exists(args.image):
-        raise FileNotFoundError(f"--image {args.image}: no such file")
-    if args.steps < 1:
-        raise CLIError(f"--steps must be >= 1, got {args.steps}")
-    sd = _load_sd(args)
-    out = _prepare_out(args.out)
-    t0 = time.time()
-    res = inv.invert(sd, args.image, args.prompt, method=args.method, num_inference_steps=args.steps,
-                     guidance_scale=args.guidance, num_inner_steps=args.inner_steps, height=args.height, width=args.width)
-    secs = time.time() - t0
-    res.save(os.path.join(out, "inversion.pt"))
-    rec = inv.reconstruct(sd, res, progress=True)
-    x0 = res.trajectory[0]
-    err = (rec - x0).float().pow(2).mean().sqrt().item()
-    images = _to_pil(inv.decode_latents(sd, torch_cat(x0, rec)))
-    _save_png(_row(images), os.path.join(out, "reconstruction.png"))
-    _save_json(dict(verb="invert", image=args.image, prompt=args.prompt, method=args.method, num_inference_steps=args.steps,
-                    guidance_scale=args.guidance, inner_steps=args.inner_steps, model=os.path.abspath(args.model),
-                    seconds=round(secs, 2), latent_rmse=err, null_text_losses=res.losses,
-                    files=["inversion.pt", "reconstruction.png"]), os.path.join(out, "settings.json"))
+    from . import inversion as inv
+    from .stable_diffusion import StableDiffusionBase
+
+    _check_image(args.image)
+    dev, dtype = _device(args)
+    sd = StableDiffusionBase.from_pipe(_load_sd(args, dev, dtype))
+    sd.encode_prompts([args.prompt])  # a prompt too long is found before the output folder is claimed
+    x0 = sd.encode_image(args.image, args.height, args.width)
+    with RunFolder.claim(args.out, "invert", overwrite=args.overwrite, resumable=False) as run:
+        t0 = time.time()
+        res = inv.invert(sd, x0, args.prompt, method=args.method, num_inference_steps=args.steps,
+                         guidance_scale=args.guidance, num_inner_steps=args.inner_steps, height=args.height,
+                         width=args.width)
+        secs = time.time() - t0
+        res.save(run.path / "inversion.pt")
+        rec = inv.reconstruct(sd, res, progress=True)
+        x0 = res.trajectory[0]
+        err = (rec - x0).float().pow(2).mean().sqrt().item()
+        _save_png(_row(sd.output(torch.cat([x0, rec]), "pil")), run.path / "reconstruction.png")
+        write_json(run.path / "settings.json",
+                   dict(verb="invert", image=args.image, prompt=args.prompt, method=args.method,
+                        num_inference_steps=args.steps, guidance_scale=args.guidance, inner_steps=args.inner_steps,
+                        model=os.path.abspath(args.model), seconds=round(secs, 2), latent_rmse=err,
+                        null_text_losses=res.losses, files=["inversion.pt", "reconstruction.png"]))
     print(f"inverted {args.image} ({args.method}, {args.steps} steps, {secs:.1f} s); reconstruction latent RMSE {err:.4f}; "
-          f"wrote inversion.pt, reconstruction.png (input | reconstruction), settings.json to {out}")
+          f"wrote inversion.pt, reconstruction.png (input | reconstruction), settings.json to {args.out}")
     return 0
 
 
-def torch_cat(*xs):
-    import torch
-
-    return torch.cat(xs)
-
-
-@_guard
 def run_pnp(args) -> int:
     """gsplat-kit pnp"""
     from .pnp import PlugAndPlayPipeline
-    from . import inversion as inv
 
-    if not os.path.exists(args.image):
-        raise FileNotFoundError(f"--image {args.image}: no such file")
-    if args.steps < 1:
-        raise CLIError(f"--steps must be >= 1, got {args.steps}")
-    if args.inversion_steps is not None and args.inversion_steps < 1:
-        raise CLIError(f"--inversion-steps must be >= 1, got {args.inversion_steps}")
-    sd = _load_sd(args)
-    out = _prepare_out(args.out)
-    pp = PlugAndPlayPipeline.from_pipe(sd)
-    t0 = time.time()
-    res = pp(args.image, args.prompt, negative_prompt=args.negative_prompt, inversion_prompt=args.inversion_prompt,
-             num_inference_steps=args.steps, inversion_steps=args.inversion_steps, guidance_scale=args.guidance,
-             pnp_f_t=args.pnp_f_t, pnp_attn_t=args.pnp_attn_t, feature_layers=tuple(args.feature_layers),
-             attn_layers=args.attn_layers, height=args.height, width=args.width, output_type="pil")
-    secs = time.time() - t0
-    source = _to_pil(inv.decode_latents(sd, res.inversion.trajectory[0]))[0]
-    _save_png(res.images[0], os.path.join(out, f"pnp_{_slug(args.prompt)}.png"))
-    _save_png(_row([source, res.images[0]]), os.path.join(out, "grid.png"))
-    _save_json(dict(verb="pnp", image=args.image, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                    inversion_prompt=args.inversion_prompt, num_inference_steps=args.steps,
-                    inversion_steps=args.inversion_steps or args.steps, guidance_scale=args.guidance,
-                    pnp_f_t=args.pnp_f_t, pnp_attn_t=args.pnp_attn_t, feature_layers=args.feature_layers,
-                    attn_layers=args.attn_layers, seed=args.seed, model=os.path.abspath(args.model), seconds=round(secs, 2)),
-               os.path.join(out, "settings.json"))
-    print(f"wrote pnp_{_slug(args.prompt)}.png, grid.png (photo | translation) and settings.json to {out}")
+    _check_image(args.image)
+    dev, dtype = _device(args)
+    _require_kernel()
+    pp = PlugAndPlayPipeline.from_pipe(_load_sd(args, dev, dtype))
+    # what can be wrong with the layers, steps, prompts and photo is found before the output folder is claimed
+    pp.check(args.steps, args.pnp_f_t, args.pnp_attn_t, args.feature_layers, args.attn_layers,
+             args.inversion_steps or args.steps)
+    pp.encode_prompts([args.prompt, args.negative_prompt, args.inversion_prompt])
+    x0 = pp.encode_image(args.image, args.height, args.width)
+    name = f"pnp_{_slug(args.prompt)}.png"
+    with RunFolder.claim(args.out, "pnp", overwrite=args.overwrite, resumable=False) as run:
+        t0 = time.time()
+        res = pp(x0, args.prompt, negative_prompt=args.negative_prompt, inversion_prompt=args.inversion_prompt,
+                 num_inference_steps=args.steps, inversion_steps=args.inversion_steps, guidance_scale=args.guidance,
+                 pnp_f_t=args.pnp_f_t, pnp_attn_t=args.pnp_attn_t, feature_layers=tuple(args.feature_layers),
+                 attn_layers=args.attn_layers, height=args.height, width=args.width, output_type="pil")
+        secs = time.time() - t0
+        source = pp.output(res.inversion.trajectory[0], "pil")[0]
+        _save_png(res.images[0], run.path / name)
+        _save_png(_row([source, res.images[0]]), run.path / "grid.png")
+        write_json(run.path / "settings.json",
+                   dict(verb="pnp", image=args.image, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                        inversion_prompt=args.inversion_prompt, num_inference_steps=args.steps,
+                        inversion_steps=args.inversion_steps or args.steps, guidance_scale=args.guidance,
+                        pnp_f_t=args.pnp_f_t, pnp_attn_t=args.pnp_attn_t, feature_layers=args.feature_layers,
+                        attn_layers=args.attn_layers, seed=args.seed, model=os.path.abspath(args.model),
+                        seconds=round(secs, 2)))
+    print(f"wrote {name}, grid.png (photo | translation) and settings.json to {args.out}")
     return 0

@@ -10,8 +10,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from gsplat_kit.common.errors import UserError
+
 from .plan import CrossEdit, LayerPlan
-from .tokens import check_prompt_length, refinement_mapper, replacement_mapper, require_word_indices
+from .tokens import (check_prompt_length, refinement_mapper, replacement_mapper, require_word_indices,
+                     word_token_indices)
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ class AttentionControl:
             names = [n for n in names if self.scales[n] == scale]
         if not names:
             have = sorted({self.scales[n] for n in self.maps})
-            raise ValueError(f"no cross-attention maps stored at latent/{scale} (stored scales: {have})")
+            raise UserError(f"no cross-attention maps stored at latent/{scale} (stored scales: {have})")
         total = sum(self.maps[n] for n in names)
         count = sum(self.heads[n] for n in names) * max(self.cur_step, 1)
         h, w = int(self.latent_hw[0] // scale), int(self.latent_hw[1] // scale)
@@ -127,10 +130,10 @@ def _steps_pair(steps, what: str):
     if isinstance(steps, (int, float)):
         steps = (0.0, float(steps))
     if not (isinstance(steps, (tuple, list)) and len(steps) == 2):
-        raise ValueError(f"{what}: expected a float or a (start, end) pair of fractions, got {steps!r}")
+        raise UserError(f"{what}: expected a float or a (start, end) pair of fractions, got {steps!r}")
     a, b = float(steps[0]), float(steps[1])
     if not (0 <= a <= b <= 1):
-        raise ValueError(f"{what}: need 0 <= start <= end <= 1, got {steps!r}")
+        raise UserError(f"{what}: need 0 <= start <= end <= 1, got {steps!r}")
     return a, b
 
 
@@ -158,14 +161,12 @@ def time_word_alphas(prompts, num_steps: int, cross_replace_steps, tokenizer, ma
             continue
         found = False
         for i in range(1, len(prompts)):
-            from .tokens import word_token_indices
-
             inds = word_token_indices(prompts[i], word, tokenizer)
             if inds:
                 found = True
                 put(bounds, i - 1, inds)
         if not found:
-            raise ValueError(f"cross_replace_steps: word {word!r} is in none of the target prompts {prompts[1:]!r}")
+            raise UserError(f"cross_replace_steps: word {word!r} is in none of the target prompts {prompts[1:]!r}")
     return alpha
 
 
@@ -178,7 +179,7 @@ class LocalBlend:
     def __init__(self, prompts, words, tokenizer, num_steps: int, subtract_words=None, threshold: float = 0.3,
                  subtract_threshold: float = 0.3, start_blend: float = 0.0, map_scale: float = 4, max_len: int = 77):
         if len(words) != len(prompts):
-            raise ValueError(f"blend_words: need one entry (a word or a list of words) per prompt ({len(prompts)}), "
+            raise UserError(f"blend_words: need one entry (a word or a list of words) per prompt ({len(prompts)}), "
                              f"got {len(words)}")
         self.alpha = self._alphas(prompts, words, tokenizer, max_len, "blend_words")
         self.subtract = (None if subtract_words is None
@@ -227,7 +228,7 @@ class AttentionEdit(AttentionControl):
     def __init__(self, prompts, num_steps: int, tokenizer, cross_replace_steps=0.8, self_replace_steps=0.4,
                  local_blend: LocalBlend | None = None, self_min_scale: float = 4, store_scales=(), latent_hw=None):
         if len(prompts) < 2:
-            raise ValueError(f"an edit needs a source and at least one target prompt, got {len(prompts)} prompt(s)")
+            raise UserError(f"an edit needs a source and at least one target prompt, got {len(prompts)} prompt(s)")
         for p in prompts:
             check_prompt_length(p, tokenizer)
         self.prompts = list(prompts)
@@ -316,12 +317,12 @@ class AttentionReweight(AttentionEdit):
                  equalizer: torch.Tensor | None = None, prev_controller: AttentionEdit | None = None, **kw):
         super().__init__(prompts, num_steps, tokenizer, cross_replace_steps, self_replace_steps, **kw)
         if equalizer is None:
-            raise ValueError("reweight edit: an equalizer is needed (see get_equalizer)")
+            raise UserError("reweight edit: an equalizer is needed (see get_equalizer)")
         equalizer = torch.as_tensor(equalizer, dtype=torch.float32)
         if equalizer.dim() == 1:
             equalizer = equalizer[None]
         if equalizer.shape[-1] != self.max_len or equalizer.shape[0] not in (1, len(prompts) - 1):
-            raise ValueError(f"equalizer has shape {tuple(equalizer.shape)}, expected [1 or {len(prompts) - 1}, {self.max_len}]")
+            raise UserError(f"equalizer has shape {tuple(equalizer.shape)}, expected [1 or {len(prompts) - 1}, {self.max_len}]")
         self.equalizer = equalizer.expand(len(prompts) - 1, self.max_len).contiguous()
         self.prev_controller = prev_controller
 
@@ -341,7 +342,7 @@ def get_equalizer(text: str, words, values, tokenizer, max_len: int = 77) -> tor
     if isinstance(values, (int, float)):
         values = (values,) * len(words)
     if len(values) != len(words):
-        raise ValueError(f"equalizer: {len(words)} words but {len(values)} strengths")
+        raise UserError(f"equalizer: {len(words)} words but {len(values)} strengths")
     eq = torch.ones(1, max_len)
     for w, v in zip(words, values):
         eq[:, require_word_indices(text, w, tokenizer, "equalizer_words")] = float(v)

@@ -11,13 +11,19 @@ clean end at alphas_cumprod[0] when set_alpha_to_one is False), written for epsi
 """
 from __future__ import annotations
 
-import os
+import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
+
+from gsplat_kit.common.atomic import atomic_path
+from gsplat_kit.common.errors import UserError
+from gsplat_kit.common.safe_load import load_torch_data
+
+from .stable_diffusion import StableDiffusionBase
 
 METHODS = ("null-text", "ddim", "negative-prompt")
 # Schedulers whose config is the DDPM beta schedule DDIM inversion needs (they share one config format).
@@ -26,8 +32,8 @@ _DDPM_LIKE = ("DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDi
               "DDPMScheduler", "UniPCMultistepScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler")
 
 
-class InversionError(ValueError):
-    """The model, scheduler or image cannot be inverted as asked."""
+class InversionError(UserError):
+    """The model, scheduler, image or inversion file cannot be used as asked."""
 
 
 @dataclass
@@ -44,39 +50,59 @@ class InversionResult:
     guidance_scale: float
     losses: list = field(default_factory=list)  # null-text: final loss per step
 
-    def save(self, path: str):
-        """torch.save to `path` atomically (tensors only, loadable with weights_only=True)."""
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save({"latents": self.latents, "trajectory": self.trajectory, "uncond_embeddings": self.uncond_embeddings,
-                    "timesteps": self.timesteps, "prompt": self.prompt, "method": self.method,
-                    "guidance_scale": self.guidance_scale, "losses": self.losses}, tmp)
-        os.replace(tmp, path)
+    def save(self, path):
+        """torch.save to `path` atomically (tensors and plain data only: loadable with weights_only=True)."""
+        with atomic_path(path) as tmp:
+            torch.save({"latents": self.latents, "trajectory": list(self.trajectory),
+                        "uncond_embeddings": list(self.uncond_embeddings), "timesteps": self.timesteps,
+                        "prompt": self.prompt, "method": self.method, "guidance_scale": float(self.guidance_scale),
+                        "losses": [float(x) for x in self.losses]}, tmp)
 
     @classmethod
-    def load(cls, path: str) -> "InversionResult":
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no such inversion file")
-        d = torch.load(path, map_location="cpu", weights_only=True)
+    def load(cls, path) -> InversionResult:
+        """An inversion file written by `save`, loaded as data only; anything else is an InversionError
+        naming the file."""
+        d = load_torch_data(path, "inversion file")
+        _check_saved(d, path)
         return cls(**d)
 
 
-# ---- model access ---------------------------------------------------------------------------------------
+def _check_saved(d, path) -> None:
+    def bad(what):
+        raise InversionError(f"{path}: not an inversion file of gsplat_kit ({what})")
 
-def check_pipe(pipe):
-    from diffusers import UNet2DConditionModel
-
-    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
-        if getattr(pipe, name, None) is None:
-            raise InversionError(f"the pipeline has no {name}: a Stable Diffusion pipeline (SD 1.x / 2.x) is needed")
-    if not isinstance(pipe.unet, UNet2DConditionModel):
-        raise InversionError(f"unsupported model: the UNet is a {type(pipe.unet).__name__}, not a UNet2DConditionModel")
+    if not isinstance(d, dict):
+        bad(f"holds a {type(d).__name__}, not a dict")
+    missing = sorted({"latents", "trajectory", "uncond_embeddings", "timesteps", "prompt", "method",
+                      "guidance_scale"} - set(d))
+    if missing:
+        bad(f"missing {', '.join(missing)}")
+    unknown = sorted(set(d) - {f.name for f in InversionResult.__dataclass_fields__.values()})
+    if unknown:
+        bad(f"unknown field(s) {', '.join(map(str, unknown))}")
+    lat, traj, unc, ts = d["latents"], d["trajectory"], d["uncond_embeddings"], d["timesteps"]
+    if not (isinstance(lat, torch.Tensor) and lat.dim() == 4 and lat.shape[0] == 1):
+        bad("latents is not a [1, C, h, w] tensor")
+    if not (isinstance(ts, torch.Tensor) and ts.dim() == 1 and len(ts) >= 1):
+        bad("timesteps is not a 1-D tensor")
+    if not (isinstance(traj, list) and len(traj) == len(ts) + 1
+            and all(isinstance(x, torch.Tensor) and x.shape == lat.shape for x in traj)):
+        bad(f"trajectory is not a list of {len(ts) + 1} latents shaped like latents")
+    if not (isinstance(unc, list) and len(unc) == len(ts)
+            and all(isinstance(u, torch.Tensor) and u.dim() == 3 and u.shape[0] == 1 for u in unc)):
+        bad(f"uncond_embeddings is not a list of {len(ts)} [1, L, C] tensors")
+    if not isinstance(d["prompt"], str) or d["method"] not in METHODS:
+        bad("prompt or method has the wrong type")
+    g = d["guidance_scale"]
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
+        bad("guidance_scale is not a finite number")
+    if not isinstance(d.get("losses", []), list):
+        bad("losses is not a list")
 
 
 def ddim_scheduler(pipe):
     """A DDIMScheduler with the pipeline's beta schedule and prediction type (clip_sample and
     set_alpha_to_one off, as null_text_w_ptp uses)."""
-    from diffusers import DDIMScheduler
-
     name = type(pipe.scheduler).__name__
     if name not in _DDPM_LIKE:
         raise InversionError(f"unsupported scheduler {name}: DDIM inversion needs a DDPM-style beta schedule "
@@ -85,72 +111,6 @@ def ddim_scheduler(pipe):
     if pred not in ("epsilon", "v_prediction"):
         raise InversionError(f"unsupported prediction_type {pred!r} (epsilon or v_prediction)")
     return DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, set_alpha_to_one=False)
-
-
-@torch.no_grad()
-def encode_prompt(pipe, prompt: str) -> torch.Tensor:
-    """[1, L, C] text embedding; a prompt longer than the tokenizer allows is an error."""
-    tok = pipe.tokenizer
-    n = len(tok(prompt, truncation=False)["input_ids"])
-    if n > tok.model_max_length:
-        raise InversionError(f"prompt {prompt!r} is {n} tokens, more than the tokenizer's {tok.model_max_length}")
-    ids = tok([prompt], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-    return pipe.text_encoder(ids.to(pipe.unet.device))[0].to(pipe.unet.dtype)
-
-
-def load_image(image, height: int, width: int) -> torch.Tensor:
-    """A path / PIL image / HxWx3 uint8 array -> [1, 3, height, width] in [-1, 1], centre-cropped to the
-    aspect ratio, then resized (null_text_w_ptp's load_512, for any size)."""
-    from PIL import Image
-
-    if isinstance(image, (str, os.PathLike)):
-        if not os.path.exists(image):
-            raise FileNotFoundError(f"{image}: no such image")
-        try:
-            image = Image.open(image)
-            image.load()
-        except Exception as e:  # PIL raises several types for bad files
-            raise InversionError(f"{image}: not a readable image ({e})") from e
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] not in (3, 4):
-            raise InversionError(f"image array must be HxWx3, got shape {image.shape}")
-        image = Image.fromarray(image[..., :3].astype(np.uint8))
-    if not isinstance(image, Image.Image):
-        raise InversionError(f"image must be a path, PIL image or HxWx3 array, got {type(image).__name__}")
-    image = image.convert("RGB")
-    w0, h0 = image.size
-    target = width / height
-    if w0 / h0 > target:
-        cw = int(round(h0 * target))
-        box = ((w0 - cw) // 2, 0, (w0 - cw) // 2 + cw, h0)
-    else:
-        ch = int(round(w0 / target))
-        box = (0, (h0 - ch) // 2, w0, (h0 - ch) // 2 + ch)
-    image = image.crop(box).resize((width, height), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
-    return x
-
-
-@torch.no_grad()
-def encode_image(pipe, image, height: int | None = None, width: int | None = None) -> torch.Tensor:
-    """Image -> x_0 latent [1, C, h, w] (the VAE posterior mean times the scaling factor)."""
-    scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    s = pipe.unet.config.sample_size
-    s = (s, s) if isinstance(s, int) else tuple(s)
-    height = height or s[0] * scale
-    width = width or s[1] * scale
-    if height % scale or width % scale:
-        raise InversionError(f"image size {width}x{height} must be a multiple of {scale}")
-    x = image if isinstance(image, torch.Tensor) else load_image(image, height, width)
-    x = x.to(device=pipe.vae.device, dtype=pipe.vae.dtype)
-    return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
-
-
-@torch.no_grad()
-def decode_latents(pipe, latents: torch.Tensor) -> np.ndarray:
-    """[N, C, h, w] latents -> [N, H, W, 3] float images in [0, 1]."""
-    img = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor).sample
-    return (img / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
 
 
 # ---- the DDIM step, both directions -------------------------------------------------------------------
@@ -288,23 +248,27 @@ def invert(pipe, image, prompt: str, method: str = "null-text", num_inference_st
            guidance_scale: float = 7.5, num_inner_steps: int = 10, epsilon: float = 1e-5, height=None, width=None,
            progress: bool = True) -> InversionResult:
     """Image (path, PIL, array, or an x_0 latent [1, C, h, w]) + its prompt -> InversionResult, whose
-    latents and uncond_embeddings drive Prompt2PromptPipeline (latents=..., uncond_embeddings=...)."""
-    check_pipe(pipe)
+    latents and uncond_embeddings drive Prompt2PromptPipeline (latents=..., uncond_embeddings=...).
+    `pipe`: a diffusers Stable Diffusion pipeline or one of ours."""
+    sd = StableDiffusionBase.of(pipe)
     if method not in METHODS:
         raise InversionError(f"unknown inversion method {method!r}: one of {', '.join(METHODS)}")
     if num_inference_steps < 1:
         raise InversionError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-    sched = ddim_scheduler(pipe)
-    if isinstance(image, torch.Tensor) and image.dim() == 4 and image.shape[1] == pipe.unet.config.in_channels:
-        x0 = image.to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+    sched = ddim_scheduler(sd)
+    if isinstance(image, torch.Tensor) and image.dim() == 4 and image.shape[1] == sd.unet.config.in_channels:
+        x0 = image.to(device=sd.device, dtype=sd.dtype)
     else:
-        x0 = encode_image(pipe, image, height, width).to(pipe.unet.dtype)
-    cond = encode_prompt(pipe, prompt)
-    null = encode_prompt(pipe, "")
-    traj, ts = ddim_invert(pipe, x0, cond, num_inference_steps, sched, progress)
+        x0 = sd.encode_image(image, height, width)
+    try:
+        cond = sd.encode_prompts([prompt])
+    except UserError as e:  # too long: the inversion's own prompt
+        raise InversionError(f"inversion prompt: {e}") from None
+    null = sd.encode_prompts([""])
+    traj, ts = ddim_invert(sd, x0, cond, num_inference_steps, sched, progress)
     losses = []
     if method == "null-text":
-        unconds, losses = null_text_optimize(pipe, traj, cond, null, num_inference_steps, guidance_scale,
+        unconds, losses = null_text_optimize(sd, traj, cond, null, num_inference_steps, guidance_scale,
                                              num_inner_steps, epsilon, sched, progress)
     elif method == "negative-prompt":
         unconds = [cond] * num_inference_steps
@@ -316,6 +280,6 @@ def invert(pipe, image, prompt: str, method: str = "null-text", num_inference_st
 
 def reconstruct(pipe, result: InversionResult, guidance_scale: float | None = None, progress: bool = False) -> torch.Tensor:
     """x_0 sampled back from an inversion with its own embeddings (the round-trip check)."""
-    cond = encode_prompt(pipe, result.prompt)
+    cond = StableDiffusionBase.of(pipe).encode_prompts([result.prompt])
     g = result.guidance_scale if guidance_scale is None else guidance_scale
     return sample(pipe, result.latents, cond, list(result.uncond_embeddings), g, len(result.timesteps), progress=progress)

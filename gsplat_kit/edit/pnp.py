@@ -7,38 +7,46 @@ latent at each timestep. During the first `pnp_f_t` of the steps the decoder's r
 (`feature_layers`, default up_blocks.1.resnets.1) of the translated branches are replaced by the
 source's, and during the first `pnp_attn_t` their self-attention queries and keys. The inversion may take
 finer steps than the sampling (`inversion_steps`; pnp-diffusers inverts with 1000): the source branch then
-takes the inversion latent at each sampling timestep. Injecting Q and K is injecting Q and K is
-injecting the self-attention map softmax(Q_s K_s^T / sqrt(d)), which the fused kernel does by routing
-(`src`), without computing the translated branches' maps at all. As in MichalGeyer/pnp-diffusers.
+takes the inversion latent at each sampling timestep. Injecting Q and K is injecting the self-attention
+map softmax(Q_s K_s^T / sqrt(d)), which the fused kernel does by routing (`src`), without computing the
+translated branches' maps at all. As in MichalGeyer/pnp-diffusers.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from gsplat_kit.common.errors import UserError
 
 from . import inversion as inv
 from .controllers import AttentionControl
 from .plan import LayerPlan
+from .processor import register_attention_control
+from .stable_diffusion import StableDiffusionBase, check_output_type
 
 
-class PnPError(ValueError):
+class PnPError(UserError):
     """A Plug-and-Play setting does not fit the model."""
 
 
-def _sources_at(inversion: inv.InversionResult, timesteps) -> list:
-    """The inversion latent at the noise level of each sampling timestep (the source branch). The
-    inversion's own timesteps must include them (an inversion with as many steps does, or with 1000)."""
-    traj, ts = inversion.trajectory, [int(t) for t in inversion.timesteps]
-    at_level = {t: traj[len(ts) - j] for j, t in enumerate(ts)}  # traj[k]: the level of timestep ts[N - k]
-    missing = [int(t) for t in timesteps if int(t) not in at_level]
+def _check_levels(inversion_timesteps, timesteps) -> None:
+    """PnPError unless the inversion's timesteps include every sampling timestep (an inversion with as
+    many steps does, or with 1000)."""
+    have = {int(t) for t in inversion_timesteps}
+    missing = [int(t) for t in timesteps if int(t) not in have]
     if missing:
-        raise PnPError(f"the inversion has {len(ts)} steps, whose timesteps do not include the {len(timesteps)} "
+        raise PnPError(f"the inversion has {len(have)} steps, whose timesteps do not include the {len(timesteps)} "
                        f"sampling steps' (e.g. t={missing[0]}): invert with {len(timesteps)} steps, or with 1000 as "
                        f"pnp-diffusers does")
+
+
+def _sources_at(inversion: inv.InversionResult, timesteps) -> list:
+    """The inversion latent at the noise level of each sampling timestep (the source branch)."""
+    _check_levels(inversion.timesteps, timesteps)
+    traj, ts = inversion.trajectory, [int(t) for t in inversion.timesteps]
+    at_level = {t: traj[len(ts) - j] for j, t in enumerate(ts)}  # traj[k]: the level of timestep ts[N - k]
     return [at_level[int(t)] for t in timesteps]
 
 
@@ -96,58 +104,47 @@ def _resolve_modules(unet, names):
     return mods
 
 
-class PlugAndPlayPipeline:
+class PlugAndPlayPipeline(StableDiffusionBase):
     """Plug-and-Play on a Stable Diffusion 1.x / 2.x pipeline: `from_pipe(sd)` / `from_pretrained(path)`,
     then `pipe(image, prompt, ...)`."""
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, fused: bool = True):
-        self.vae, self.text_encoder, self.tokenizer, self.unet, self.scheduler = vae, text_encoder, tokenizer, unet, scheduler
-        self.fused = fused
-        inv.check_pipe(self)
-
-    @classmethod
-    def from_pipe(cls, pipe, **kw) -> "PlugAndPlayPipeline":
-        inv.check_pipe(pipe)
-        return cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, pipe.scheduler, **kw)
-
-    @classmethod
-    def from_pretrained(cls, path: str, torch_dtype=torch.float32, device=None, **kw) -> "PlugAndPlayPipeline":
-        if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "model_index.json")):
-            raise FileNotFoundError(f"weights path {path!r} is not a local diffusers pipeline folder (no model_index.json)")
-        from diffusers import StableDiffusionPipeline
-
-        sd = StableDiffusionPipeline.from_pretrained(path, dtype=torch_dtype, local_files_only=True, safety_checker=None,
-                                                     requires_safety_checker=False)
-        if device is not None:
-            sd = sd.to(device)
-        return cls.from_pipe(sd, **kw)
+    def check(self, num_inference_steps: int = 50, pnp_f_t: float = 0.8, pnp_attn_t: float = 0.5,
+              feature_layers=("up_blocks.1.resnets.1",), attn_layers=None, inversion_steps: int | None = None,
+              output_type: str = "pil"):
+        """Everything about the settings that can be wrong, checked before any work (PnPError); returns
+        (feature modules, self-attention processor names)."""
+        for name, v in (("pnp_f_t", pnp_f_t), ("pnp_attn_t", pnp_attn_t)):
+            if not 0.0 <= v <= 1.0:
+                raise PnPError(f"{name} must be in [0, 1], got {v}")
+        if num_inference_steps < 1 or (inversion_steps is not None and inversion_steps < 1):
+            raise PnPError(f"steps must be >= 1, got {num_inference_steps} (inversion {inversion_steps})")
+        check_output_type(output_type)
+        if inversion_steps is not None:
+            sched = inv.ddim_scheduler(self)
+            sched.set_timesteps(inversion_steps)
+            inversion_ts = sched.timesteps.clone()
+            sched.set_timesteps(num_inference_steps)
+            _check_levels(inversion_ts, sched.timesteps)
+        return _resolve_modules(self.unet, feature_layers), _resolve_attn_layers(self.unet, attn_layers)
 
     @torch.no_grad()
     def __call__(self, image, prompt: str, negative_prompt: str = "", inversion_prompt: str = "",
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, pnp_f_t: float = 0.8,
                  pnp_attn_t: float = 0.5, feature_layers=("up_blocks.1.resnets.1",), attn_layers=None,
                  inversion: inv.InversionResult | None = None, inversion_steps: int | None = None, height=None,
-                 width=None, output_type: str = "pil", progress: bool = True) -> PnPOutput:
-        from .processor import register_attention_control
-
-        for name, v in (("pnp_f_t", pnp_f_t), ("pnp_attn_t", pnp_attn_t)):
-            if not 0.0 <= v <= 1.0:
-                raise PnPError(f"{name} must be in [0, 1], got {v}")
-        if output_type not in ("pil", "np", "latent"):
-            raise PnPError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}")
-        unet = self.unet
-        attn_names = _resolve_attn_layers(unet, attn_layers)
-        feat_mods = _resolve_modules(unet, feature_layers)
-        sched = inv.ddim_scheduler(self)
+                 width=None, output_type: str = "pil", progress: bool | None = None) -> PnPOutput:
+        progress = self.progress if progress is None else progress
         n = num_inference_steps
+        feat_mods, attn_names = self.check(n, pnp_f_t, pnp_attn_t, feature_layers, attn_layers,
+                                           None if inversion is not None else inversion_steps or n, output_type)
+        unet = self.unet
+        sched = inv.ddim_scheduler(self)
         if inversion is None:
             inversion = inv.invert(self, image, inversion_prompt, method="ddim", num_inference_steps=inversion_steps or n,
                                    height=height, width=width, progress=progress)
         sched.set_timesteps(n)
         sources = _sources_at(inversion, sched.timesteps)
-        src_emb = inv.encode_prompt(self, inversion.prompt)
-        cond, uncond = inv.encode_prompt(self, prompt), inv.encode_prompt(self, negative_prompt)
-        emb = torch.cat([src_emb, uncond, cond])
+        emb = self.encode_prompts([inversion.prompt, negative_prompt, prompt])  # [source, uncond, cond]
         feat_steps, attn_steps = int(n * pnp_f_t), int(n * pnp_attn_t)
 
         step = {"i": 0}
@@ -176,12 +173,4 @@ class PlugAndPlayPipeline:
             for h in handles:
                 h.remove()
             unet.set_attn_processor(original)
-        if output_type == "latent":
-            images = x
-        else:
-            images = inv.decode_latents(self, x)
-            if output_type == "pil":
-                from PIL import Image
-
-                images = [Image.fromarray((im * 255).round().astype(np.uint8)) for im in images]
-        return PnPOutput(images=images, latents=x, inversion=inversion)
+        return PnPOutput(images=self.output(x, output_type), latents=x, inversion=inversion)

@@ -3,12 +3,15 @@ kernel (default) or the pure-PyTorch reference; plugged in with `unet.set_attn_p
 from __future__ import annotations
 
 import torch
+from diffusers import UNet2DConditionModel
+
+from gsplat_kit.common.errors import UserError
 
 from .controllers import AttentionControl, LayerInfo
 from .kernel import fused_attention, reference_attention
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(UserError):
     """The model is not a UNet whose attention layers this package can hook."""
 
 
@@ -21,17 +24,6 @@ class P2PAttnProcessor:
         self.controller = controller
         self.layer = layer
         self.fused = fused
-
-    def qkv(self, attn, hidden_states, encoder_hidden_states):
-        """Projections in head_to_batch_dim layout; PnP overrides this to inject Q/K."""
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        return attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), attn.head_to_batch_dim(value)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         residual = hidden_states
@@ -47,7 +39,14 @@ class P2PAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        query, key, value = self.qkv(attn, hidden_states, encoder_hidden_states)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        query, key, value = (attn.head_to_batch_dim(x) for x in (query, key, value))
         B = query.shape[0] // attn.heads
         plan = None
         if self.controller is not None:
@@ -73,8 +72,6 @@ class P2PAttnProcessor:
 
 def hookable_layers(unet) -> list[LayerInfo]:
     """The UNet's attention layers as LayerInfo; UnsupportedModelError for anything else."""
-    from diffusers import UNet2DConditionModel
-
     if not isinstance(unet, UNet2DConditionModel):
         raise UnsupportedModelError(
             f"Prompt-to-Prompt needs a diffusers UNet2DConditionModel (Stable Diffusion 1.x / 2.x), got {type(unet).__name__}")
@@ -90,8 +87,7 @@ def hookable_layers(unet) -> list[LayerInfo]:
     return layers
 
 
-def register_attention_control(unet, controller: AttentionControl | None, fused: bool = True,
-                               processor_cls=P2PAttnProcessor, **proc_kw) -> list[LayerInfo]:
+def register_attention_control(unet, controller: AttentionControl | None, fused: bool = True) -> list[LayerInfo]:
     """Installs one processor per attention layer (set_attn_processor); returns the hooked layers."""
     layers = hookable_layers(unet)
     names = {layer.name for layer in layers}
@@ -100,7 +96,7 @@ def register_attention_control(unet, controller: AttentionControl | None, fused:
     for name, proc in original.items():
         if name in names:
             layer = next(layer for layer in layers if layer.name == name)
-            procs[name] = processor_cls(controller, layer, fused=fused, **proc_kw)
+            procs[name] = P2PAttnProcessor(controller, layer, fused=fused)
         else:
             procs[name] = proc
     unet.set_attn_processor(procs)
@@ -111,8 +107,3 @@ def register_attention_control(unet, controller: AttentionControl | None, fused:
             controller.latent_hw = (s, s) if isinstance(s, int) else tuple(s)
     return layers
 
-
-def restore_default_processors(unet):
-    from diffusers.models.attention_processor import AttnProcessor
-
-    unet.set_attn_processor(AttnProcessor())

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gsplat_kit.common.errors import UserError
+
 
 def check_prompt_length(prompt: str, tokenizer) -> int:
-    """Number of tokens of `prompt` (with BOS/EOS); ValueError if the tokenizer would truncate it."""
+    """Number of tokens of `prompt` (with BOS/EOS); UserError if the tokenizer would truncate it."""
     n = len(tokenizer(prompt).input_ids)
     if n > tokenizer.model_max_length:
-        raise ValueError(f"prompt {prompt!r} is {n} tokens long; the tokenizer allows {tokenizer.model_max_length}")
+        raise UserError(f"prompt {prompt!r} is {n} tokens long; the tokenizer allows {tokenizer.model_max_length}")
     return n
 
 
@@ -39,7 +41,7 @@ def word_token_indices(text: str, word, tokenizer) -> list[int]:
 def require_word_indices(text: str, word, tokenizer, what: str) -> list[int]:
     inds = word_token_indices(text, word, tokenizer)
     if not inds:
-        raise ValueError(f"{what}: word {word!r} is not in the prompt {text!r}")
+        raise UserError(f"{what}: word {word!r} is not in the prompt {text!r}")
     return inds
 
 
@@ -48,7 +50,7 @@ def replacement_mapper(source: str, target: str, tokenizer, max_len: int = 77) -
     swapped token block for token block; a source word that becomes n target tokens gives 1/n to each."""
     words_x, words_y = source.split(" "), target.split(" ")
     if len(words_x) != len(words_y):
-        raise ValueError(
+        raise UserError(
             f"replace edit: the prompts must have the same number of words, but {source!r} has {len(words_x)} "
             f"and {target!r} has {len(words_y)} (use edit_type='refine' to add or remove words)")
     changed = [i for i in range(len(words_y)) if words_y[i] != words_x[i]]

@@ -1,11 +1,8 @@
 """Per-token attention heat maps over the image (the original's show_cross_attention), as one PNG grid."""
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
-import torch
+from PIL import Image, ImageDraw
 
 
 def _heat(x: np.ndarray) -> np.ndarray:
@@ -21,8 +18,6 @@ def attention_grid(controller, prompts, tokenizer, images=None, scale=None, cell
     """PIL image: one row per prompt, one cell per token (start and end tokens included), each the map of
     that token averaged over heads, layers at latent/scale and steps, stretched to its range and laid over
     the generated image when `images` ([P, H, W, 3] uint8 or PIL list) is given."""
-    from PIL import Image, ImageDraw
-
     maps = controller.average_maps(scale).float().cpu()  # [P, h, w, K]
     if images is not None:
         images = [np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images]
@@ -53,23 +48,3 @@ def attention_grid(controller, prompts, tokenizer, images=None, scale=None, cell
             grid.paste(im, (c * (cell + 4), r * (cell + 26)))
     return grid
 
-
-def save_image_atomic(image, path: str):
-    """Writes a PIL image through a temporary file in the same folder, then renames it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=os.path.splitext(path)[1] or ".png")
-    os.close(fd)
-    try:
-        image.save(tmp, format=(os.path.splitext(path)[1][1:] or "png").upper().replace("JPG", "JPEG"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N, 3, H, W] in [-1, 1] -> [N, H, W, 3] uint8."""
-    x = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
-    return (x * 255).round().astype(np.uint8)

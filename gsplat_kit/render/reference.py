@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from gsplat_kit.scene.splats import quat_to_rotmat
+
 ALPHA_MAX = 0.99
 ALPHA_MIN = 1.0 / 255.0
 TRANSMITTANCE_MIN = 1e-4
@@ -31,19 +33,6 @@ SH_C3 = (
     -0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
     -0.4570457994644658, 1.445305721320277, -0.5900435899266435,
 )
-
-
-def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
-    """[..., 4] (w, x, y, z), any norm -> [..., 3, 3] rotation."""
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(quats.shape[:-1] + (3, 3))
 
 
 def covariance_3d(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,20 @@
 """COLMAP sparse models: cameras, images and points3D, in binary and text form, read and written.
 
 Every COLMAP camera model is read (its parameters kept as COLMAP orders them). Bad files raise
-`ColmapError` naming the file and what is wrong (truncated, unknown model, dangling camera id...).
+`ColmapError` naming the file and what is wrong (truncated, unknown model, dangling camera id, a focal
+length that is not positive, a pose or point that is not finite, a count the file cannot hold...);
+counts are checked against the bytes left before anything is allocated.
 """
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from gsplat_kit.common.atomic import write_bytes
 from gsplat_kit.common.errors import UserError
 
 # id -> (name, number of parameters), as in COLMAP's src/colmap/sensor/models.h
@@ -25,6 +29,9 @@ CAMERA_MODELS = {
 _SINGLE_FOCAL = {"SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE",
                  "SIMPLE_DIVISION", "SIMPLE_FISHEYE"}
 MODEL_IDS = {name: (i, n) for i, (name, n) in CAMERA_MODELS.items()}
+MAX_IMAGE_SIDE = 1 << 20
+# smallest record of each binary file, to bound a header's count by the bytes that follow it
+_MIN_RECORD = {"cameras": 4 + 4 + 8 + 8 + 8, "images": 4 + 7 * 8 + 4 + 1 + 8, "points": 8 + 3 * 8 + 3 + 8 + 8}
 
 
 class ColmapError(UserError):
@@ -97,6 +104,46 @@ class Model:
     points: Points3D
 
 
+# ---- validation (both encodings) -------------------------------------------------------------------
+
+def _check_camera(cam: Camera, where: str) -> Camera:
+    if not (0 < cam.width <= MAX_IMAGE_SIDE and 0 < cam.height <= MAX_IMAGE_SIDE):
+        raise ColmapError(f"{where}: camera {cam.id} has size {cam.width}x{cam.height}; width and height must be "
+                          f"positive (at most {MAX_IMAGE_SIDE})")
+    if not np.isfinite(cam.params).all():
+        raise ColmapError(f"{where}: camera {cam.id} ({cam.model}) has non-finite parameters {cam.params.tolist()}")
+    if cam.model != "EQUIRECTANGULAR":
+        fx, fy, _, _ = cam.intrinsics()
+        if fx <= 0 or fy <= 0:
+            raise ColmapError(f"{where}: camera {cam.id} ({cam.model}) has focal length {fx:g}, {fy:g}; it must be "
+                              f"positive")
+    return cam
+
+
+def _check_image(im: Image, where: str) -> Image:
+    if not (np.isfinite(im.qvec).all() and np.isfinite(im.tvec).all()):
+        raise ColmapError(f"{where}: image {im.id} ({im.name!r}) has a non-finite pose (q {im.qvec.tolist()}, "
+                          f"t {im.tvec.tolist()})")
+    if np.linalg.norm(im.qvec) < 1e-12:
+        raise ColmapError(f"{where}: image {im.id} ({im.name!r}) has a zero rotation quaternion")
+    if not im.name:
+        raise ColmapError(f"{where}: image {im.id} has an empty name")
+    return im
+
+
+def _check_points(pts: Points3D, where: str) -> Points3D:
+    bad = ~np.isfinite(pts.xyz).all(1)
+    if bad.any():
+        raise ColmapError(f"{where}: point {int(pts.ids[np.argmax(bad)])} has a non-finite position")
+    return pts
+
+
+def _add(table: dict, key: int, value, where: str, what: str):
+    if key in table:
+        raise ColmapError(f"{where}: {what} id {key} appears twice")
+    table[key] = value
+
+
 # ---- binary ---------------------------------------------------------------------------------------
 
 class _Reader:
@@ -123,6 +170,15 @@ class _Reader:
         self.pos += size
         return out
 
+    def take_count(self, what: str) -> int:
+        """A record count from the header, refused when the bytes left cannot hold that many records."""
+        n = self.take("Q")[0]
+        left = len(self.data) - self.pos
+        if n * _MIN_RECORD[what] > left:
+            raise ColmapError(f"{self.path}: the header claims {n:,} {what}, but the {left:,} bytes that follow "
+                              f"can hold at most {left // _MIN_RECORD[what]:,} (truncated or corrupt)")
+        return n
+
     def check_end(self, what: str):
         if self.pos != len(self.data):
             raise ColmapError(f"{self.path}: {len(self.data) - self.pos} bytes left over after the {what} its "
@@ -132,7 +188,10 @@ class _Reader:
         end = self.data.find(b"\0", self.pos)
         if end < 0:
             raise ColmapError(f"{self.path}: truncated binary file (unterminated image name)")
-        s = self.data[self.pos:end].decode("utf-8")
+        try:
+            s = self.data[self.pos:end].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ColmapError(f"{self.path}: image name at byte {self.pos} is not UTF-8 ({e.reason})") from None
         self.pos = end + 1
         return s
 
@@ -140,12 +199,13 @@ class _Reader:
 def read_cameras_binary(path) -> dict[int, Camera]:
     r = _Reader(path)
     cams = {}
-    for _ in range(r.take("Q")[0]):
+    for _ in range(r.take_count("cameras")):
         cid, model_id, w, h = r.take("iiQQ")
         if model_id not in CAMERA_MODELS:
             raise ColmapError(f"{path}: camera {cid} has unknown model id {model_id}")
         name, n = CAMERA_MODELS[model_id]
-        cams[cid] = Camera(cid, name, int(w), int(h), np.array(r.take_array(np.float64, n)))
+        cam = Camera(cid, name, int(w), int(h), np.array(r.take_array(np.float64, n)))
+        _add(cams, cid, _check_camera(cam, path), path, "camera")
     r.check_end("cameras")
     return cams
 
@@ -153,29 +213,30 @@ def read_cameras_binary(path) -> dict[int, Camera]:
 def read_images_binary(path) -> dict[int, Image]:
     r = _Reader(path)
     images = {}
-    for _ in range(r.take("Q")[0]):
+    for _ in range(r.take_count("images")):
         iid, qw, qx, qy, qz, tx, ty, tz, cid = r.take("idddddddi")
         name = r.take_string()
         n2d = r.take("Q")[0]
         rec = r.take_array(np.dtype([("x", "<f8"), ("y", "<f8"), ("id", "<i8")]), n2d)
-        images[iid] = Image(iid, np.array([qw, qx, qy, qz]), np.array([tx, ty, tz]), cid, name,
-                            np.stack([rec["x"], rec["y"]], -1), rec["id"].copy())
+        im = Image(iid, np.array([qw, qx, qy, qz]), np.array([tx, ty, tz]), cid, name,
+                   np.stack([rec["x"], rec["y"]], -1), rec["id"].copy())
+        _add(images, iid, _check_image(im, path), path, "image")
     r.check_end("images")
     return images
 
 
 def read_points3D_binary(path) -> Points3D:
     r = _Reader(path)
-    n = r.take("Q")[0]
+    n = r.take_count("points")
     ids, xyz, rgb, err = np.zeros(n, np.int64), np.zeros((n, 3)), np.zeros((n, 3), np.uint8), np.zeros(n)
     tracks = []
     for i in range(n):
-        pid, x, y, z, cr, cg, cb, e = r.take("QdddBBBd")
+        pid, x, y, z, cr, cg, cb, e = r.take("qdddBBBd")  # ids are uint64 in COLMAP; all fit in 63 bits
         track_len = r.take("Q")[0]
         tracks.append(r.take_array(np.int32, 2 * track_len).reshape(-1, 2).astype(np.int64))
         ids[i], xyz[i], rgb[i], err[i] = pid, (x, y, z), (cr, cg, cb), e
     r.check_end("points")
-    return Points3D(ids, xyz, rgb, err, tracks)
+    return _check_points(Points3D(ids, xyz, rgb, err, tracks), path)
 
 
 def write_cameras_binary(cams: dict[int, Camera], path):
@@ -183,7 +244,7 @@ def write_cameras_binary(cams: dict[int, Camera], path):
     for c in cams.values():
         mid, n = MODEL_IDS[c.model]
         out.append(struct.pack("<iiQQ", c.id, mid, c.width, c.height) + np.asarray(c.params, "<f8").tobytes())
-    _atomic_write(path, b"".join(out))
+    write_bytes(path, b"".join(out))
 
 
 def write_images_binary(images: dict[int, Image], path):
@@ -195,7 +256,7 @@ def write_images_binary(images: dict[int, Image], path):
         rec = np.zeros(len(im.xys), np.dtype([("x", "<f8"), ("y", "<f8"), ("id", "<i8")]))
         rec["x"], rec["y"], rec["id"] = im.xys[:, 0], im.xys[:, 1], im.point3D_ids
         out.append(rec.tobytes())
-    _atomic_write(path, b"".join(out))
+    write_bytes(path, b"".join(out))
 
 
 def write_points3D_binary(points: Points3D, path):
@@ -205,17 +266,39 @@ def write_points3D_binary(points: Points3D, path):
         out.append(struct.pack("<QdddBBBdQ", int(points.ids[i]), *points.xyz[i], *map(int, points.rgb[i]),
                                float(points.errors[i]), len(tr)))
         out.append(np.asarray(tr, "<i4").tobytes())
-    _atomic_write(path, b"".join(out))
+    write_bytes(path, b"".join(out))
 
 
 # ---- text -----------------------------------------------------------------------------------------
 
+def _read_text(path) -> list[str]:
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ColmapError(f"{path}:{line}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
+
+
 def _text_lines(path):
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                yield lineno, line
+    for lineno, line in enumerate(_read_text(path), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield lineno, line
+
+
+_COUNT_COMMENT = re.compile(r"#\s*Number of (cameras|images|points)\s*:\s*(\d+)")
+
+
+def _check_count(path, what: str, found: int):
+    """COLMAP's text writer states each file's count in a header comment: a file cut short at a line
+    boundary still parses, so the stated count is what tells it apart."""
+    for line in _read_text(path)[:10]:
+        m = _COUNT_COMMENT.match(line.strip())
+        if m and m.group(1) == what and int(m.group(2)) != found:
+            raise ColmapError(f"{path}: its header states {int(m.group(2)):,} {what} but it holds {found:,} "
+                              f"(truncated or edited)")
 
 
 def read_cameras_text(path) -> dict[int, Camera]:
@@ -233,15 +316,15 @@ def read_cameras_text(path) -> dict[int, Camera]:
             raise ColmapError(f"{path}:{lineno}: malformed camera line ({e})") from None
         if len(params) != MODEL_IDS[model][1]:
             raise ColmapError(f"{path}:{lineno}: {model} takes {MODEL_IDS[model][1]} parameters, got {len(params)}")
-        cams[cid] = Camera(cid, model, w, h, params)
+        _add(cams, cid, _check_camera(Camera(cid, model, w, h, params), f"{path}:{lineno}"), path, "camera")
+    _check_count(path, "cameras", len(cams))
     return cams
 
 
 def read_images_text(path) -> dict[int, Image]:
     images = {}
     # Each image is two lines and the second (its 2D points) may be empty: keep blank lines for pairing.
-    with open(path, encoding="utf-8") as f:
-        raw = [l.rstrip("\n") for l in f if not l.startswith("#")]
+    raw = [l for l in _read_text(path) if not l.startswith("#")]
     i = 0
     while i < len(raw):
         head = raw[i].split()
@@ -260,8 +343,12 @@ def read_images_text(path) -> dict[int, Image]:
             arr = np.array([float(v) for v in pts]).reshape(-1, 3) if pts else np.zeros((0, 3))
         except ValueError as e:
             raise ColmapError(f"{path}: malformed 2D points of image {iid} ({e})") from None
-        images[iid] = Image(iid, q, t, cid, name, arr[:, :2], arr[:, 2].astype(np.int64))
+        if not (np.isfinite(arr).all() and (np.abs(arr[:, 2]) < 2 ** 63).all()):
+            raise ColmapError(f"{path}: 2D points of image {iid} hold non-finite or out-of-range values")
+        _add(images, iid, _check_image(Image(iid, q, t, cid, name, arr[:, :2], arr[:, 2].astype(np.int64)), path),
+             path, "image")
         i += 2
+    _check_count(path, "images", len(images))
     return images
 
 
@@ -273,38 +360,50 @@ def read_points3D_text(path) -> Points3D:
             ids.append(int(p[0]))
             xyz.append([float(v) for v in p[1:4]])
             rgb.append([int(v) for v in p[4:7]])
+            if len(rgb[-1]) != 3 or not all(0 <= c <= 255 for c in rgb[-1]):
+                raise ValueError(f"colour {p[4:7]} is not three values in 0..255")
             err.append(float(p[7]))
             if len(p) % 2:
                 raise ValueError("odd number of track entries")
             tracks.append(np.array([int(v) for v in p[8:]], np.int64).reshape(-1, 2))
-        except (IndexError, ValueError) as e:
+        except (IndexError, ValueError, OverflowError) as e:
             raise ColmapError(f"{path}:{lineno}: malformed point line ({e})") from None
-    return Points3D(np.array(ids, np.int64), np.array(xyz, np.float64).reshape(-1, 3),
-                    np.array(rgb, np.uint8).reshape(-1, 3), np.array(err, np.float64), tracks)
+    _check_count(path, "points", len(ids))
+    try:
+        ids_arr = np.array(ids, np.int64)
+    except OverflowError:
+        raise ColmapError(f"{path}: a point id does not fit in 64 bits") from None
+    return _check_points(Points3D(ids_arr, np.array(xyz, np.float64).reshape(-1, 3),
+                                  np.array(rgb, np.uint8).reshape(-1, 3), np.array(err, np.float64), tracks), path)
 
 
 def write_cameras_text(cams, path):
-    lines = ["# Camera list with one line of data per camera:", "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]"]
+    lines = ["# Camera list with one line of data per camera:", "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]",
+             f"# Number of cameras: {len(cams)}"]
     lines += [" ".join([str(c.id), c.model, str(c.width), str(c.height)] + [repr(float(v)) for v in c.params]) for c in cams.values()]
-    _atomic_write(path, ("\n".join(lines) + "\n").encode())
+    write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def write_images_text(images, path):
     lines = ["# Image list with two lines of data per image:", "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
-             "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
+             "#   POINTS2D[] as (X, Y, POINT3D_ID)",
+             f"# Number of images: {len(images)}, mean observations per image: "
+             f"{np.mean([len(im.xys) for im in images.values()]) if images else 0:g}"]
     for im in images.values():
         lines.append(" ".join([str(im.id)] + [repr(float(v)) for v in (*im.qvec, *im.tvec)] + [str(im.camera_id), im.name]))
         lines.append(" ".join(f"{x!r} {y!r} {int(i)}" for (x, y), i in zip(im.xys.tolist(), im.point3D_ids)))
-    _atomic_write(path, ("\n".join(lines) + "\n").encode())
+    write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def write_points3D_text(points, path):
-    lines = ["# 3D point list with one line of data per point:", "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[]"]
+    lines = ["# 3D point list with one line of data per point:", "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[]",
+             f"# Number of points: {len(points.ids)}, mean track length: "
+             f"{np.mean([len(_track(points, i)) for i in range(len(points.ids))]) if len(points.ids) else 0:g}"]
     for i in range(len(points.ids)):
         lines.append(" ".join([str(int(points.ids[i]))] + [repr(float(v)) for v in points.xyz[i]] +
                               [str(int(v)) for v in points.rgb[i]] + [repr(float(points.errors[i]))] +
                               [str(int(v)) for v in np.asarray(_track(points, i)).ravel()]))
-    _atomic_write(path, ("\n".join(lines) + "\n").encode())
+    write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 # ---- model ----------------------------------------------------------------------------------------
@@ -357,10 +456,3 @@ def _track(points: Points3D, i: int) -> np.ndarray:
     if points.tracks is None:
         return np.zeros((0, 2), np.int64)
     return np.asarray(points.tracks[i], np.int64).reshape(-1, 2)
-
-
-def _atomic_write(path, data: bytes):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

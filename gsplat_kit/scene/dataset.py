@@ -1,32 +1,35 @@
 """Scenes for training: posed views and an initial point cloud, from a COLMAP folder (images/ +
-sparse/0/) or a NeRF-style transforms*.json folder (NeRF-synthetic's Blender convention, or
-instant-ngp's with OPENCV distortion).
+sparse/0/) or a transforms*.json folder (NeRF-synthetic's Blender convention, instant-ngp's with OPENCV
+distortion, nerfstudio's with masks and initial points: gsplat_kit.scene.transforms).
 
 Cameras are pinhole and in OpenCV's convention (x right, y down, z forward). Distorted COLMAP models
 are undistorted once through pycolmap; downscaled images come from images_N/ when present, else are
-resized once and cached (under $GSPLAT_KIT_CACHE, default ~/.cache/gsplat_kit).
+downscaled once and cached (gsplat_kit.scene.images, under $GSPLAT_KIT_CACHE, default
+~/.cache/gsplat_kit). Every image's size is checked against its camera when the scene is loaded: a
+different size with the same aspect ratio is resized with a warning, any other is refused.
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
 
+from gsplat_kit.common.errors import UserError
+from gsplat_kit.common.paths import inside
 from gsplat_kit.scene.colmap import ColmapError, find_model_dir, read_model
+from gsplat_kit.scene.images import (IMAGE_EXTS, ImageError, cache_dir, image_size, read_scaled,
+                                     to_float_rgb)
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG")
+# relative difference of aspect ratios (width / height) still taken for the same picture, resized
+ASPECT_TOLERANCE = 0.01
 
 
-def cache_dir(*parts: str) -> str:
-    d = os.path.join(os.environ.get("GSPLAT_KIT_CACHE", os.path.expanduser("~/.cache/gsplat_kit")), *parts)
-    os.makedirs(d, exist_ok=True)
-    return d
+class DatasetError(UserError):
+    """A scene folder or transforms*.json that cannot be used; the message names the file and field."""
 
 
 @dataclass
@@ -38,8 +41,12 @@ class View:
     viewmat: torch.Tensor    # [4, 4] world-to-camera (OpenCV)
     image_path: str
     background: torch.Tensor | None = None          # RGB used to composite RGBA images
-    distortion: tuple | None = None                 # (k1, k2, p1, p2) still to undo (instant-ngp)
+    distortion: tuple | None = None                 # OPENCV (k1, k2, p1, p2[, k3]) or fisheye (k1..k4) to undo
+    fisheye: bool = False                           # distortion is OPENCV_FISHEYE's
+    mask_path: str | None = None                    # pixels where the mask is 0 are left out of the loss
+    oriented: bool = True                           # apply the image's EXIF orientation when decoding
     _image: torch.Tensor | None = field(default=None, repr=False)
+    _mask: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def camtoworld(self) -> torch.Tensor:
@@ -48,8 +55,24 @@ class View:
     def load_image(self) -> torch.Tensor:
         """[H, W, 3] float32 in [0, 1], loaded on first use and kept."""
         if self._image is None:
-            self._image = _load_rgb(self.image_path, self.width, self.height, self.background, self.distortion, self.K)
+            img = read_scaled(self.image_path, self.width, self.height, oriented=self.oriented)
+            img = torch.from_numpy(to_float_rgb(img, self.background))
+            self._image = self._undistorted(img)
         return self._image
+
+    def load_mask(self) -> torch.Tensor | None:
+        """[H, W] float32 in [0, 1] (1 = the pixel counts), or None when the view has no mask."""
+        if self.mask_path is None:
+            return None
+        if self._mask is None:
+            m = torch.from_numpy(read_scaled(self.mask_path, self.width, self.height, mask=True))
+            self._mask = self._undistorted(m[..., None])[..., 0]
+        return self._mask
+
+    def _undistorted(self, img: torch.Tensor) -> torch.Tensor:
+        if self.distortion is not None:
+            img = undistort_image(img, self.K, self.distortion, self.fisheye)
+        return img.contiguous()
 
 
 @dataclass
@@ -77,7 +100,9 @@ def load_scene(path: str, data_factor: int = 1, test_every: int = 8, white_backg
         raise ValueError(f"data_factor must be a positive int, got {data_factor!r}")
     jsons = [f for f in ("transforms_train.json", "transforms.json") if os.path.exists(os.path.join(path, f))]
     if jsons:
-        views, points, rgb, bg = _load_transforms(path, jsons[0], data_factor, white_background)
+        from gsplat_kit.scene.transforms import load_transforms
+
+        views, points, rgb, bg = load_transforms(path, jsons[0], data_factor, white_background)
     elif find_model_dir(path) is not None:
         views, points, rgb = _load_colmap(path, data_factor, undistort)
         bg = None
@@ -95,6 +120,46 @@ def load_scene(path: str, data_factor: int = 1, test_every: int = 8, white_backg
     return Scene(path, train, test, points, rgb, max(scale, 1e-6), bg)
 
 
+# ---- checks shared by the loaders ------------------------------------------------------------------
+
+def confined(root: str, rel: str, what: str, error: type[UserError]):
+    """gsplat_kit.common.paths.inside, raising the calling reader's own error class."""
+    try:
+        return inside(root, rel, what)
+    except UserError as e:
+        raise error(str(e)) from None
+
+
+def check_image_size(path: str, actual: tuple[int, int], full: tuple[int, int], factor: int, scaled: bool,
+                     resized: list, exact: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The (width, height) a view gets from the image `path` of size `actual`, whose camera sees
+    `full` at factor 1. `scaled`: the image comes from images_N/, so it should be `full` / factor
+    (any rounding). A size that matches neither but has the camera's aspect ratio is resized (and
+    listed in `resized` for one warning); another aspect ratio is refused. `exact` forces the result
+    (a mask takes its image's size)."""
+    (aw, ah), (fw, fh) = actual, full
+    ew, eh = (fw / factor, fh / factor) if scaled else (fw, fh)
+    target = (fw // factor, fh // factor)
+    if abs(aw - ew) < 1 and abs(ah - eh) < 1:
+        if scaled:
+            target = (aw, ah)
+    elif abs((aw / ah) / (fw / fh) - 1) <= ASPECT_TOLERANCE:
+        resized.append(f"{path}: {aw}x{ah}, camera {round(ew)}x{round(eh)}")
+    else:
+        raise ImageError(f"{path}: the image is {aw}x{ah} but its camera is {fw}x{fh}"
+                         f"{f' (/{factor} = {ew:g}x{eh:g} in this folder)' if scaled else ''}: the aspect ratios "
+                         f"differ, so it is not the picture the camera describes")
+    if min(target) < 1:
+        raise ImageError(f"{path}: {fw}x{fh} at data factor {factor} leaves no pixels")
+    return exact or target
+
+
+def warn_resized(resized: list):
+    if resized:
+        warnings.warn(f"{len(resized)} image(s) differ in size from their cameras, with the same aspect ratio: "
+                      f"resized to fit (e.g. {resized[0]})", stacklevel=3)
+
+
 # ---- COLMAP -----------------------------------------------------------------------------------------
 
 def _load_colmap(root: str, factor: int, undistort: bool):
@@ -107,43 +172,54 @@ def _load_colmap(root: str, factor: int, undistort: bool):
         root = _undistorted(root, model_dir)
         model_dir = find_model_dir(root)
         model = read_model(model_dir)
-    points_file = os.path.join(model_dir, "points3D.bin" if os.path.exists(os.path.join(model_dir, "points3D.bin")) else "points3D.txt")
+    ext = ".bin" if os.path.exists(os.path.join(model_dir, "points3D.bin")) else ".txt"
+    points_file, images_file = (os.path.join(model_dir, f + ext) for f in ("points3D", "images"))
     if len(model.points.ids) == 0:
         raise ColmapError(f"{points_file}: the model has zero 3D points (nothing to initialise Gaussians from)")
     image_dir = os.path.join(root, "images")
+    sources = {}
     for im in model.images.values():
-        p = os.path.join(image_dir, im.name)
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"{p}: image {im.name!r} is listed in {model_dir} but missing on disk")
-    src_dir = image_dir
-    scaled_dir = os.path.join(root, f"images_{factor}")
-    if factor > 1 and os.path.isdir(scaled_dir):
-        src_dir = scaled_dir
-    views = []
+        what = f"{images_file}: image {im.id} name"
+        p = confined(image_dir, im.name, what, ColmapError)
+        if not p.is_file():
+            raise FileNotFoundError(f"{os.path.join(image_dir, im.name)}: image {im.name!r} is listed in {model_dir} "
+                                    f"but missing on disk")
+        scaled = _find_image(os.path.join(root, f"images_{factor}"), im.name, what) if factor > 1 else None
+        sources[im.id] = (str(p), scaled)
+    views, resized = [], []
     for im in model.images.values():
         cam = model.cameras[im.camera_id]
-        w, h = cam.width // factor if factor > 1 else cam.width, cam.height // factor if factor > 1 else cam.height
+        full, scaled = sources[im.id]
+        src = scaled or full
+        size, oriented = image_size(src), True
+        if size != image_size(src, oriented=False) and _fits(image_size(src, oriented=False), cam, factor):
+            size, oriented = image_size(src, oriented=False), False  # the model was made from the stored pixels
+        w, h = check_image_size(src, size, (cam.width, cam.height), factor, scaled is not None, resized)
         fx, fy, cx, cy = cam.intrinsics()
         sx, sy = w / cam.width, h / cam.height
         K = torch.tensor([[fx * sx, 0, cx * sx], [0, fy * sy, cy * sy], [0, 0, 1]], dtype=torch.float32)
-        img_path = _find_image(src_dir, im.name) if src_dir != image_dir else os.path.join(image_dir, im.name)
-        if img_path is None:  # images_N/ lacks this one: resize the original
-            img_path = os.path.join(image_dir, im.name)
-        views.append(View(im.name, w, h, K, torch.tensor(im.world_to_camera(), dtype=torch.float32), img_path))
+        views.append(View(im.name, w, h, K, torch.tensor(im.world_to_camera(), dtype=torch.float32), src,
+                          oriented=oriented))
+    warn_resized(resized)
     pts = torch.tensor(model.points.xyz, dtype=torch.float32)
     rgb = torch.tensor(model.points.rgb, dtype=torch.float32) / 255.0
     return views, pts, rgb
 
 
-def _find_image(folder: str, name: str) -> str | None:
-    """images_N/ sometimes holds PNGs for JPEG originals: match by stem."""
-    p = os.path.join(folder, name)
-    if os.path.exists(p):
-        return p
-    stem = os.path.splitext(name)[0]
-    for ext in IMAGE_EXTS:
-        if os.path.exists(os.path.join(folder, stem + ext)):
-            return os.path.join(folder, stem + ext)
+def _fits(size: tuple[int, int], cam, factor: int) -> bool:
+    """Whether `size` is the camera's at 1 or at 1/factor (any rounding)."""
+    return any(abs(size[0] - cam.width / f) < 1 and abs(size[1] - cam.height / f) < 1 for f in {1, factor})
+
+
+def _find_image(folder: str, name: str, what: str) -> str | None:
+    """`name` in images_N/, which sometimes holds PNGs for JPEG originals (matched by stem)."""
+    if not os.path.isdir(folder):
+        return None
+    stem, _ = os.path.splitext(name)
+    for candidate in (name, *(stem + ext for ext in IMAGE_EXTS)):
+        p = confined(folder, candidate, what, ColmapError)
+        if p.is_file():
+            return str(p)
     return None
 
 
@@ -165,136 +241,30 @@ def _undistorted(root: str, model_dir: str) -> str:
     return out
 
 
-# ---- transforms.json (NeRF-synthetic / instant-ngp) -------------------------------------------------
+# ---- distortion -------------------------------------------------------------------------------------
 
-def _load_transforms(root: str, fname: str, factor: int, white_background: bool):
-    views = []
-    bg = torch.ones(3) if white_background else torch.zeros(3)
-    # All frames go into one pool, split every test_every-th by name like COLMAP scenes. (A
-    # transforms_test.json whose images are not on disk, as in ../shared/data's lego, is ignored.)
-    files = [fname]
-    test_json = os.path.join(root, "transforms_test.json")
-    if fname == "transforms_train.json" and os.path.exists(test_json):
-        with open(test_json) as fh:
-            first = (json.load(fh).get("frames") or [{}])[0].get("file_path", "")
-        if _frame_image(root, first) is not None:
-            files.append("transforms_test.json")
-    for f in files:
-        meta_path = os.path.join(root, f)
-        try:
-            with open(meta_path) as fh:
-                meta = json.load(fh)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta_path}: not valid JSON ({e})") from None
-        frames = meta.get("frames")
-        if not frames:
-            raise ValueError(f"{meta_path}: no 'frames'")
-        for i, fr in enumerate(frames):
-            if not isinstance(fr, dict) or "file_path" not in fr or "transform_matrix" not in fr:
-                raise ValueError(f"{meta_path}: frame {i} needs 'file_path' and 'transform_matrix'")
-            img_path = _frame_image(root, fr["file_path"])
-            if img_path is None:
-                raise FileNotFoundError(f"{os.path.join(root, fr['file_path'])}: frame {i} of {meta_path} is missing on disk")
-            w0, h0 = _frame_size(meta, fr, img_path)
-            w, h = w0 // factor, h0 // factor
-            fx, fy, cx, cy = _frame_intrinsics(meta, fr, w0, h0, meta_path)
-            s = w / w0
-            K = torch.tensor([[fx * s, 0, cx * s], [0, fy * h / h0, cy * h / h0], [0, 0, 1]], dtype=torch.float32)
-            try:
-                c2w = np.array(fr["transform_matrix"], dtype=np.float64).reshape(4, 4)
-            except (ValueError, TypeError):
-                raise ValueError(f"{meta_path}: frame {i}: transform_matrix is not a 4x4 matrix") from None
-            c2w[:3, 1:3] *= -1  # Blender/OpenGL (y up, z back) -> OpenCV (y down, z forward)
-            dist = tuple(float(fr.get(k, meta.get(k, 0.0))) for k in ("k1", "k2", "p1", "p2"))  # per frame wins
-            name = os.path.relpath(img_path, root)
-            views.append(View(name, w, h, K, torch.tensor(np.linalg.inv(c2w), dtype=torch.float32), img_path,
-                              background=bg, distortion=dist if any(dist) else None))
-    # No SfM points in these scenes: 100k random points in a cube around the origin that the cameras
-    # look at, as 3DGS does (its half-size 1.3 for NeRF-synthetic's cameras at radius ~4).
-    g = np.random.default_rng(0)
-    centres = np.stack([v.camtoworld[:3, 3].numpy() for v in views])
-    half = 0.33 * float(np.linalg.norm(centres, axis=1).mean())
-    pts = (g.random((100_000, 3)) * 2 - 1) * half
-    rgb = g.random((100_000, 3))
-    return views, torch.tensor(pts, dtype=torch.float32), torch.tensor(rgb, dtype=torch.float32), bg
-
-
-def _frame_image(root, file_path):
-    p = os.path.join(root, file_path)
-    if os.path.exists(p):
-        return p
-    for ext in IMAGE_EXTS:
-        if os.path.exists(p + ext):
-            return p + ext
-    return None
-
-
-def _frame_size(meta, fr, img_path):
-    w, h = fr.get("w", meta.get("w")), fr.get("h", meta.get("h"))
-    if w and h:
-        return int(w), int(h)
-    with PILImage.open(img_path) as im:
-        return im.size
-
-
-def _frame_intrinsics(meta, fr, w, h, meta_path="transforms json"):
-    get = lambda k: fr.get(k, meta.get(k))
-    if get("fl_x"):
-        fx = float(get("fl_x"))
-        fy = float(get("fl_y") or fx)
-    elif get("camera_angle_x"):
-        fx = 0.5 * w / math.tan(0.5 * float(get("camera_angle_x")))
-        fy = 0.5 * h / math.tan(0.5 * float(get("camera_angle_y"))) if get("camera_angle_y") else fx
-    else:
-        raise ValueError(f"{meta_path}: no focal length (fl_x or camera_angle_x)")
-    cx = float(get("cx")) if get("cx") is not None else w / 2
-    cy = float(get("cy")) if get("cy") is not None else h / 2
-    return fx, fy, cx, cy
-
-
-# ---- images -----------------------------------------------------------------------------------------
-
-def _load_rgb(path, width, height, background, distortion, K) -> torch.Tensor:
-    with PILImage.open(path) as im:
-        im.load()
-        if im.size != (width, height):
-            im = _resized_cached(path, im, width, height)
-        arr = np.asarray(im.convert("RGBA") if im.mode in ("RGBA", "LA", "P") else im.convert("RGB"), dtype=np.float32) / 255.0
-    img = torch.from_numpy(arr.copy())
-    if img.shape[-1] == 4:
-        bg = background if background is not None else torch.zeros(3)
-        img = img[..., :3] * img[..., 3:] + bg * (1 - img[..., 3:])
-    if distortion is not None:
-        img = undistort_image(img, K, distortion)
-    return img.contiguous()
-
-
-def _resized_cached(path, im, width, height):
-    """Resizes once (Lanczos) and keeps the result in the cache: the next run reads it directly."""
-    key = hashlib.sha1(f"{os.path.abspath(path)}:{os.path.getmtime(path)}:{width}x{height}".encode()).hexdigest()[:20]
-    cached = os.path.join(cache_dir("resized"), key + ".png")
-    if os.path.exists(cached):
-        out = PILImage.open(cached)
-        out.load()
-        return out
-    out = im.resize((width, height), PILImage.LANCZOS)
-    tmp = cached + f".tmp{os.getpid()}.png"
-    out.save(tmp)
-    os.replace(tmp, cached)
-    return out
-
-
-def undistort_image(img: torch.Tensor, K: torch.Tensor, dist: tuple) -> torch.Tensor:
-    """Undoes OPENCV radial-tangential distortion (k1, k2, p1, p2) for the same pinhole K (bilinear)."""
-    k1, k2, p1, p2 = dist
+def undistort_image(img: torch.Tensor, K: torch.Tensor, dist: tuple, fisheye: bool = False) -> torch.Tensor:
+    """Undoes OPENCV radial-tangential distortion (k1, k2, p1, p2[, k3]) or OPENCV_FISHEYE's equidistant
+    one (k1..k4) for the same pinhole K (bilinear; pixel centres at +0.5 as COLMAP)."""
     H, W = img.shape[:2]
     fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
     ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
     x, y = (xs + 0.5 - cx) / fx, (ys + 0.5 - cy) / fy
     r2 = x * x + y * y
-    radial = 1 + k1 * r2 + k2 * r2 * r2
-    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
-    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    if fisheye:
+        k1, k2, k3, k4 = dist
+        r = r2.sqrt()
+        theta = torch.atan(r)
+        t2 = theta * theta
+        theta_d = theta * (1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4))))
+        s = torch.where(r > 1e-12, theta_d / r.clamp_min(1e-12), torch.ones_like(r))
+        xd, yd = x * s, y * s
+    else:
+        k1, k2, p1, p2 = dist[:4]
+        k3 = dist[4] if len(dist) > 4 else 0.0
+        radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+        xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+        yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
     u, v = xd * fx + cx, yd * fy + cy  # where each undistorted pixel is found in the distorted image
     grid = torch.stack([u / W * 2 - 1, v / H * 2 - 1], -1)[None].float()
     out = torch.nn.functional.grid_sample(img.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border",

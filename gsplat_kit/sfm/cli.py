@@ -1,22 +1,17 @@
 """`gsplat-kit sfm IMAGES OUT`: cameras and sparse points from raw photos (pycolmap, CPU SIFT)."""
 from __future__ import annotations
 
-import sys
-
+from gsplat_kit.common.options import ranged
 from gsplat_kit.sfm.pipeline import CAMERA_MODELS
 
 
 def _sfm(args) -> int:
-    from gsplat_kit.sfm.pipeline import SfMError, run_sfm
+    from gsplat_kit.sfm.pipeline import run_sfm
 
-    try:
-        run_sfm(args.images, args.out, matcher=args.matcher, camera_model=args.camera_model,
-                single_camera=args.single_camera, max_image_size=args.max_image_size,
-                max_num_features=args.max_features, num_threads=args.threads, verbose=args.verbose,
-                undistort=not args.no_undistort)
-    except (SfMError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    run_sfm(args.images, args.out, matcher=args.matcher, camera_model=args.camera_model,
+            single_camera=args.single_camera, max_image_size=args.max_image_size,
+            max_num_features=args.max_features, num_threads=args.threads, verbose=args.verbose,
+            undistort=not args.no_undistort)
     return 0
 
 
@@ -36,9 +31,9 @@ def register(subparsers) -> None:
                    help="all photos share one camera (default)")
     p.add_argument("--per-image-camera", dest="single_camera", action="store_false",
                    help="one camera per photo (mixed devices or zoom)")
-    p.add_argument("--max-image-size", type=int, default=1600, help="longest side used for features")
-    p.add_argument("--max-features", type=int, default=8192, help="SIFT features per image")
-    p.add_argument("--threads", type=int, default=-1, help="CPU threads (-1: all)")
+    p.add_argument("--max-image-size", type=ranged(int, lo=16), default=1600, help="longest side used for features")
+    p.add_argument("--max-features", type=ranged(int, lo=1), default=8192, help="SIFT features per image")
+    p.add_argument("--threads", type=ranged(int, lo=1, allow=(-1,)), default=-1, help="CPU threads (-1: all)")
     p.add_argument("--no-undistort", action="store_true", help="keep the estimated (distorted) camera model")
     p.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
     p.set_defaults(func=_sfm)

@@ -8,19 +8,21 @@ and returns the summary as a dict; it is also written to OUT/sfm_summary.json.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 import time
+
+from gsplat_kit.common.atomic import write_json
+from gsplat_kit.common.errors import UserError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")
 EXHAUSTIVE_MAX = 120  # "auto" matcher: exhaustive up to this many images (n^2 pairs), sequential above
 
 
-class SfMError(RuntimeError):
-    """SfM could not produce a usable model (no images, too few registered...)."""
+class SfMError(UserError):
+    """SfM could not produce a usable model from these photos (no images, too few registered...)."""
 
 
 def list_images(image_dir: str) -> list[str]:
@@ -176,10 +178,7 @@ def run_sfm(image_dir: str, out_dir: str, matcher: str = "auto", camera_model: s
         times["undistort_s"] = time.perf_counter() - t
         times["total_s"] = time.perf_counter() - t0
         summary.update({k: round(v, 2) for k, v in times.items()})
-        tmp = os.path.join(out_dir, f"sfm_summary.json.tmp{os.getpid()}")
-        with open(tmp, "w") as fh:
-            json.dump(summary, fh, indent=2)
-        os.replace(tmp, os.path.join(out_dir, "sfm_summary.json"))
+        write_json(os.path.join(out_dir, "sfm_summary.json"), summary)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # the database and raw models: only needed while running
     print(format_summary(summary), flush=True)

@@ -37,7 +37,7 @@ def main_distributed(cfg, args) -> int:
         raise UserError(f"--dist-timeout must be > 0, got {args.dist_timeout}")
     dcfg = DistConfig(batch_size=args.batch_size or 0, backend=args.dist_backend, timeout_s=args.dist_timeout)
     try:
-        m = train_distributed(cfg, dcfg)
+        m = train_distributed(cfg, dcfg, overwrite=bool(getattr(args, "overwrite", False)))
     except PeerLost as e:
         print(f"error: {e}; resume from the last complete checkpoint with --resume", file=sys.stderr)
         return PEER_LOST_EXIT

@@ -38,8 +38,9 @@ import torch.distributed as dist
 from gsplat_kit.common import atomic
 from gsplat_kit.common.errors import UserError
 from gsplat_kit.render._wrapper import _Projection, _RasterizeToPixels, _SphericalHarmonics, isect_tiles
+from gsplat_kit.scene.splats import Splats
 from gsplat_kit.train.config import TrainConfig
-from gsplat_kit.train.rendering import cpu_threads, resolve_device, sh_coeffs
+from gsplat_kit.train.rendering import cpu_threads, resolve_device
 from gsplat_kit.train.schedules import exponential_lr, sh_degree_at
 
 SPLAT_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
@@ -205,17 +206,18 @@ def render_batch(shard: dict, viewmats: torch.Tensor, Ks: torch.Tensor, width: i
     """
     B, N = len(viewmats), len(shard["means"])
     mine = [b for b in range(B) if owners[b] == comm.rank]
-    means = shard["means"].contiguous()
+    act = Splats(shard).activated()      # the activations of the single-process trainer's `render`
+    means = act["means"].contiguous()
     radii, means2d, depths, conics, comps = _Projection.apply(
-        means, shard["quats"].contiguous(), torch.exp(shard["scales"]).contiguous(), None, viewmats.contiguous(),
-        Ks.contiguous(), width, height, float(eps2d), float(near_plane), float(far_plane), 0.0)
-    opac = torch.sigmoid(shard["opacities"])[None].expand(B, N)
+        means, act["quats"].contiguous(), act["scales"].contiguous(), None, viewmats.contiguous(), Ks.contiguous(),
+        width, height, float(eps2d), float(near_plane), float(far_plane), 0.0)
+    opac = act["opacities"][None].expand(B, N)
     if rasterize_mode == "antialiased":
         opac = opac * comps
     campos = torch.linalg.inv(viewmats)[:, :3, 3]
     dirs = (means[None] - campos[:, None]).reshape(B * N, 3)
     K = (sh_degree + 1) ** 2
-    coeffs = sh_coeffs(shard)[:, :K].contiguous()
+    coeffs = act["colors"][:, :K].contiguous()
     rgb = _SphericalHarmonics.apply(sh_degree, dirs.contiguous(), coeffs).reshape(B, N, 3)
     rgb = torch.clamp_min(rgb + 0.5, 0.0)
 
@@ -724,7 +726,7 @@ def train_distributed(cfg: TrainConfig, dcfg: DistConfig, overwrite: bool = Fals
         claimed = None
         if comm.rank == 0:
             try:
-                run = RunFolder.claim(cfg.out, "train", resume=bool(cfg.resume), overwrite=overwrite)
+                run = RunFolder.claim(cfg.out, "train", resume=cfg.resumes_in_place(), overwrite=overwrite)
                 claimed = ("ok", str(run.path))
             except UserError as e:
                 claimed = ("error", str(e))

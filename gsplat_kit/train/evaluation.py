@@ -1,35 +1,25 @@
 """Held-out evaluation: render each test view, write it next to its ground truth, and score it."""
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
+from gsplat_kit.common.atomic import atomic_path
+from gsplat_kit.common.errors import UserError
+from gsplat_kit.scene.splats import Splats
 from gsplat_kit.train.metrics import image_metrics, load_lpips, lpips_distance
-from gsplat_kit.train.rendering import max_sh_degree, render_view
+from gsplat_kit.train.rendering import render_view
 
 
-def atomic_write_json(obj, path: str):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
-def atomic_write_png(img: torch.Tensor, path: str):
-    from PIL import Image
-
+def write_png(img: torch.Tensor, path: str):
+    """An [H, W, 3] image in [0, 1] as an 8-bit PNG, written atomically."""
     arr = (img.detach().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=folder)
-    os.close(fd)
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
 
 
 def load_image_tensor(view) -> torch.Tensor:
@@ -38,7 +28,7 @@ def load_image_tensor(view) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(img)) if not isinstance(img, torch.Tensor) else img
     t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
     if t.dim() != 3 or t.shape[-1] != 3 or tuple(t.shape[:2]) != (view.height, view.width):
-        raise ValueError(f"image of view {view.name}: expected [{view.height}, {view.width}, 3], got {list(t.shape)}")
+        raise UserError(f"image of view {view.name}: expected [{view.height}, {view.width}, 3], got {list(t.shape)}")
     return t
 
 
@@ -53,8 +43,6 @@ def evaluate(splats: dict, views, out_dir: str | None = None, background=None, l
 
     Returns {"psnr", "ssim", "lpips" (None when its weights are missing), "lpips_note", "per_image", ...}.
     """
-    from tqdm import tqdm
-
     if out_dir:
         os.makedirs(os.path.join(out_dir, "render"), exist_ok=True)
         os.makedirs(os.path.join(out_dir, "gt"), exist_ok=True)
@@ -62,7 +50,7 @@ def evaluate(splats: dict, views, out_dir: str | None = None, background=None, l
     dev = splats["means"].device
     if lp_model is not None:
         lp_model = lp_model.to(dev)
-    deg = max_sh_degree(splats) if sh_degree is None else sh_degree
+    deg = Splats(splats).sh_degree if sh_degree is None else sh_degree
     per_image = []
     for i, view in enumerate(tqdm(views, desc="eval", disable=not progress, leave=False)):
         gt = load_image_tensor(view).to(dev)
@@ -72,8 +60,8 @@ def evaluate(splats: dict, views, out_dir: str | None = None, background=None, l
             m["lpips"] = lpips_distance(lp_model, img, gt)
         per_image.append(m)
         if out_dir:
-            atomic_write_png(img, os.path.join(out_dir, "render", _stem(view.name) + ".png"))
-            atomic_write_png(gt, os.path.join(out_dir, "gt", _stem(view.name) + ".png"))
+            write_png(img, os.path.join(out_dir, "render", _stem(view.name) + ".png"))
+            write_png(gt, os.path.join(out_dir, "gt", _stem(view.name) + ".png"))
     mean = lambda k: float(np.mean([m[k] for m in per_image])) if per_image else None
     return {
         "psnr": mean("psnr"), "ssim": mean("ssim"),

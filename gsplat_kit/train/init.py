@@ -6,6 +6,8 @@ import math
 import numpy as np
 import torch
 
+from gsplat_kit.common.errors import UserError
+
 SH_C0 = 0.28209479177387814   # Y_0^0: the DC band maps colour c to (c - 0.5) / SH_C0
 
 
@@ -40,9 +42,9 @@ def init_splats(points, colors, sh_degree: int = 3, init_opacity: float = 0.1, i
     points = torch.as_tensor(np.asarray(points), dtype=torch.float32)
     colors = torch.as_tensor(np.asarray(colors), dtype=torch.float32)
     if points.dim() != 2 or points.shape[1] != 3 or len(points) == 0:
-        raise ValueError(f"need SfM points as a non-empty [P, 3] array, got shape {list(points.shape)}")
+        raise UserError(f"need SfM points as a non-empty [P, 3] array, got shape {list(points.shape)}")
     if colors.shape != points.shape:
-        raise ValueError(f"point colours must match points {list(points.shape)}, got {list(colors.shape)}")
+        raise UserError(f"point colours must match points {list(points.shape)}, got {list(colors.shape)}")
     n = len(points)
     dist2 = torch.as_tensor(knn_mean_sq_dist(points.numpy()), dtype=torch.float32).clamp_min(1e-7)
     scales = torch.log(torch.sqrt(dist2) * init_scale)[:, None].repeat(1, 3)

@@ -12,6 +12,7 @@ import os
 import torch
 import torch.nn as nn
 
+from gsplat_kit.common.safe_load import load_torch_data
 from gsplat_kit.train.losses import psnr, ssim
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -41,12 +42,12 @@ class LPIPS(nn.Module):
         self.requires_grad_(False).eval()
 
     def load_weights(self, folder: str):
-        alex = torch.load(os.path.join(folder, ALEXNET_FILE), map_location="cpu", weights_only=True)
+        alex = load_torch_data(os.path.join(folder, ALEXNET_FILE), "LPIPS AlexNet weights")
         feats = {k[len("features."):]: v for k, v in alex.items() if k.startswith("features.")}
         for s, (a, b) in zip(self.slices, _SLICES):
             s.load_state_dict({f"{int(k.split('.')[0]) - a}.{k.split('.')[1]}": v for k, v in feats.items()
                                if a <= int(k.split(".")[0]) < b})
-        lin = torch.load(os.path.join(folder, LIN_FILE), map_location="cpu", weights_only=True)
+        lin = load_torch_data(os.path.join(folder, LIN_FILE), "LPIPS linear-head weights")
         for i, l in enumerate(self.lins):
             l.weight.copy_(lin[f"lin{i}.model.1.weight"])
         return self

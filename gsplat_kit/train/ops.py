@@ -13,17 +13,8 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-
-def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
-    """[N, 4] (w, x, y, z), any norm -> [N, 3, 3] rotation matrices."""
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(-1, 3, 3)
+from gsplat_kit.scene.splats import quat_to_rotmat
 
 
 @torch.no_grad()

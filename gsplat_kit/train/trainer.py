@@ -11,10 +11,16 @@ import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from gsplat_kit.common.atomic import write_json
+from gsplat_kit.common.errors import UserError
+from gsplat_kit.common.run_folder import RunFolder
+from gsplat_kit.scene import load_scene
 from gsplat_kit.train import checkpoint as ckpt
+from gsplat_kit.train import export
 from gsplat_kit.train.config import TrainConfig
-from gsplat_kit.train.evaluation import atomic_write_json, evaluate, load_image_tensor
+from gsplat_kit.train.evaluation import evaluate, load_image_tensor
 from gsplat_kit.train.init import init_splats
 from gsplat_kit.train.losses import photometric_loss
 from gsplat_kit.train.rendering import cpu_threads, render, resolve_device
@@ -22,8 +28,9 @@ from gsplat_kit.train.schedules import exponential_lr, sh_degree_at
 from gsplat_kit.train.strategy import make_strategy
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss (or a parameter) stopped being finite."""
+class TrainingDiverged(UserError, RuntimeError):
+    """The loss (or a parameter) stopped being finite: the learning rates or the data are at fault, so it is
+    reported like bad input (one line naming the step and the last good checkpoint)."""
 
 
 class ViewSampler:
@@ -48,9 +55,9 @@ class ViewSampler:
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "perm": list(self.perm), "pos": self.pos, "n": self.n}
 
-    def load_state_dict(self, s: dict):
+    def load_state_dict(self, s: dict, where: str = "checkpoint"):
         if s["n"] != self.n:
-            raise ValueError(f"the checkpoint was trained on {s['n']} views, this scene has {self.n}")
+            raise UserError(f"{where}: trained on {s['n']} views, this scene has {self.n}")
         self.gen.set_state(s["gen"])
         self.perm, self.pos = list(s["perm"]), s["pos"]
 
@@ -71,27 +78,35 @@ class Trainer:
     """`Trainer(cfg).train()` runs the whole job: fit, checkpoint, export the .ply, evaluate.
 
     `scene` may be given directly (any object with the gsplat_kit.scene.Scene attributes), otherwise it is
-    loaded from cfg.data.
+    loaded from cfg.data. `run` is cfg.out already claimed (`RunFolder.claim`); without it `train()` claims
+    the folder itself (a new run, or the same run when resuming in place).
     """
 
-    def __init__(self, cfg: TrainConfig, scene=None):
+    def __init__(self, cfg: TrainConfig, scene=None, run: RunFolder | None = None):
         self.cfg = cfg.validate()
+        self.run = run
+        self.out = str(run.path) if run is not None else cfg.out   # where outputs go (a staging folder on --overwrite)
         self.device = resolve_device(cfg.device)
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(cfg.num_threads))
+        resume = cfg.resume
+        if resume == "auto":
+            resume = ckpt.latest_checkpoint(cfg.out) if cfg.out else None
+            if resume is None:
+                print(f"resume: no checkpoint under {os.path.join(cfg.out, ckpt.CKPT_DIR)}; starting from step 0",
+                      file=sys.stderr)
+        saved = ckpt.load_checkpoint(resume) if resume else None    # a bad checkpoint is refused before the data is read
         if scene is None:
-            from gsplat_kit.scene import load_scene
-
             scene = load_scene(cfg.data, data_factor=cfg.data_factor, test_every=cfg.test_every,
                                white_background=cfg.white_background)
         if not scene.train_views:
-            raise ValueError(f"{cfg.data}: no training views")
+            raise UserError(f"{cfg.data}: no training views")
         self.scene = scene
         self.scene_scale = float(scene.scene_scale)
         self.background = None if scene.background is None else torch.as_tensor(scene.background, dtype=torch.float32)
         if cfg.random_background and self.background is not None:
             # the ground truth is already composited on the scene's background; a random one would not match
-            raise ValueError(f"{cfg.data}: random_background conflicts with the scene's fixed background "
+            raise UserError(f"{cfg.data}: random_background conflicts with the scene's fixed background "
                              f"{self.background.tolist()} (drop --random-background or --white-background)")
         self.strategy = make_strategy(cfg.strategy, **cfg.strategy_options)
         self.sampler = ViewSampler(len(scene.train_views), cfg.seed)
@@ -100,15 +115,8 @@ class Trainer:
         self.elapsed = 0.0
         self.last_ckpt: str | None = None
         seed_everything(cfg.seed)
-
-        resume = cfg.resume
-        if resume == "auto":
-            resume = ckpt.latest_checkpoint(cfg.out) if cfg.out else None
-            if resume is None:
-                print(f"resume: no checkpoint under {os.path.join(cfg.out, ckpt.CKPT_DIR)}; starting from step 0",
-                      file=sys.stderr)
-        if resume:
-            self._restore(resume)
+        if saved is not None:
+            self._restore(resume, saved)
         else:
             self.splats = init_splats(scene.points, scene.points_rgb, cfg.sh_degree, cfg.init_opacity, cfg.init_scale,
                                       self.device)
@@ -127,18 +135,22 @@ class Trainer:
         return {k: torch.optim.Adam([{"params": [self.splats[k]], "lr": lr, "name": k}], eps=1e-15)
                 for k, lr in self._lrs().items()}
 
-    def _restore(self, path: str):
-        ck = ckpt.load_checkpoint(path, map_location="cpu")
+    def _restore(self, path: str, ck: dict):
+        """Continues from checkpoint `ck` (as `ckpt.load_checkpoint(path)` returned it)."""
         if ck["config"].get("strategy") != self.cfg.strategy:
-            raise ValueError(f"{path} was trained with strategy {ck['config'].get('strategy')!r}, not {self.cfg.strategy!r}")
+            raise UserError(f"{path}: trained with strategy {ck['config'].get('strategy')!r}, not {self.cfg.strategy!r}")
+        n = int(ck["splats"]["means"].shape[0])
+        self.strategy.check_state(ck["strategy_state"], n, path)
         self.splats = {k: torch.nn.Parameter(v.to(self.device)) for k, v in ck["splats"].items()}
         self.optimizers = self._make_optimizers()
         for k, o in self.optimizers.items():
-            o.load_state_dict(ck["optimizers"][k])
+            # the moments come from the checkpoint, the hyper-parameters from this config (the means' rate
+            # is set before every step), so a checkpoint cannot smuggle in a learning rate of "abc"
+            o.load_state_dict({"state": ck["optimizers"][k]["state"], "param_groups": o.state_dict()["param_groups"]})
         self.strategy_state = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
                                for k, v in ck["strategy_state"].items()}
-        self.sampler.load_state_dict(ck["sampler"])
-        ckpt.set_rng_state(ck["rng"])
+        self.sampler.load_state_dict(ck["sampler"], path)
+        ckpt.set_rng_state(ck["rng"], path)
         self.step = int(ck["step"])
         self.elapsed = float(ck.get("elapsed", 0.0))
         self.last_ckpt = path
@@ -152,7 +164,7 @@ class Trainer:
 
     # --- loop ----------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | None = None) -> str:
-        path = path or ckpt.checkpoint_path(self.cfg.out, self.step)
+        path = path or ckpt.checkpoint_path(self.out, self.step)
         for k, v in self.splats.items():
             if not torch.isfinite(v).all():
                 raise TrainingDiverged(f"parameter '{k}' is not finite at step {self.step}; not overwriting the last "
@@ -165,8 +177,6 @@ class Trainer:
 
     def train_steps(self, until: int | None = None, viewer=None):
         """Runs training steps self.step .. until-1 (default cfg.steps)."""
-        from tqdm import tqdm
-
         cfg, scene = self.cfg, self.scene
         until = cfg.steps if until is None else until
         lr0 = cfg.means_lr * self.scene_scale
@@ -193,7 +203,12 @@ class Trainer:
                                           view.width, view.height, sh_degree_at(step, cfg.sh_degree, cfg.sh_degree_interval),
                                           bg, cfg.near_plane, cfg.far_plane, mode, absgrad)
                 self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, step, info)
-                loss, l1, _ = photometric_loss(rgb, gt, cfg.ssim_lambda)
+                pred, target = rgb, gt
+                mask = view.load_mask() if getattr(view, "mask_path", None) else None
+                if mask is not None:  # masked-out pixels (0) are zero on both sides: no loss, no gradient
+                    m = mask.to(self.device)[None, ..., None]
+                    pred, target = rgb * m, gt * m
+                loss, l1, _ = photometric_loss(pred, target, cfg.ssim_lambda)
                 if reg is not None:
                     loss = loss + reg(self.splats)
                 loss_v = float(loss.detach())
@@ -217,32 +232,52 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_v:.4f}", psnr=f"{-10 * math.log10(max(mse, 1e-10)):.2f}", n=n,
                                     refresh=False)
                 bar.update(1)
-                if cfg.ckpt_every and cfg.out and self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:
+                if cfg.ckpt_every and self.out and self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:
                     self.elapsed += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     self.save_checkpoint()
-                    ckpt.prune_checkpoints(cfg.out, cfg.keep_ckpts)
+                    ckpt.prune_checkpoints(self.out, cfg.keep_ckpts)
         finally:
             self.elapsed += time.perf_counter() - t0
             bar.close()
 
     def train(self) -> dict:
-        """The whole job. Returns the metrics dict (also written to OUT/metrics.json)."""
+        """The whole job in its claimed output folder. Returns the metrics dict (also in OUT/metrics.json).
+
+        A failure leaves what was written (checkpoints) for --resume; on --overwrite the previous run is
+        replaced only when this one finishes."""
         cfg = self.cfg
         if not cfg.out:
-            raise ValueError("an output folder (--out) is required")
-        os.makedirs(cfg.out, exist_ok=True)
+            raise UserError("an output folder (--out) is required")
+        if self.run is None:
+            self.run = RunFolder.claim(cfg.out, "train", resume=cfg.resumes_in_place())
+            self.out = str(self.run.path)
+        try:
+            metrics = self._fit_and_report()
+        except BaseException:
+            self.run.release()
+            raise
+        self.run.finish()
+        if self.out != str(self.run.path):          # the staging folder of --overwrite moved into place
+            self.out = str(self.run.path)
+            self.last_ckpt = ckpt.checkpoint_path(self.out, self.step)
+        return metrics
+
+    def _fit_and_report(self) -> dict:
+        cfg, out = self.cfg, self.out
         start_step = self.step
-        # the config as given (reusable with --config) plus what it resolved to on this machine and scene
-        resolved = {**cfg.to_dict(), "resolved": {
+        # the config as given (reusable with --config: without this run's resume, which would make a new run
+        # that reuses it refuse its fresh folder) plus what it resolved to on this machine and scene
+        resolved = {**cfg.to_dict(), "resume": None, "resolved": {
             "device": str(self.device), "scene_scale": self.scene_scale, "strategy": self.strategy.to_dict(),
-            "learning_rates": self._lrs(), "cpu_threads": torch.get_num_threads() if self.device.type == "cpu" else None, "num_train_views": len(self.scene.train_views),
+            "learning_rates": self._lrs(), "cpu_threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+            "num_train_views": len(self.scene.train_views),
             "num_test_views": len(self.scene.test_views), "num_init_points": int(len(self.scene.points)),
             "resumed_from": self.last_ckpt, "resumed_at_step": start_step}}
-        atomic_write_json(resolved, os.path.join(cfg.out, "config.json"))
+        write_json(os.path.join(out, "config.json"), resolved)
         viewer = None
         if cfg.viewer:
-            from gsplat_kit.viewer.live import LiveViewer  # lazy: only with --viewer
+            from gsplat_kit.viewer.live import LiveViewer  # only with --viewer: the viewer pulls in viser
 
             viewer = LiveViewer(self.splats, views=self.scene.train_views, port=cfg.viewer_port)
         try:
@@ -250,10 +285,8 @@ class Trainer:
         finally:
             if viewer is not None:
                 viewer.close()
-        self.save_checkpoint(ckpt.checkpoint_path(cfg.out, self.step))
-        from gsplat_kit.train.export import write_ply
-
-        write_ply(os.path.join(cfg.out, "point_cloud.ply"), self.splats)
+        self.save_checkpoint(ckpt.checkpoint_path(out, self.step))
+        export.write_ply(os.path.join(out, "point_cloud.ply"), self.splats)
         steps_run = self.step - start_step
         metrics = {"num_gaussians": int(self.splats["means"].shape[0]), "steps": self.step,
                    "train_time_s": round(self.elapsed, 3),
@@ -266,14 +299,14 @@ class Trainer:
             if not views:
                 views, note = self.scene.train_views, "no held-out views (test_every=0): scored on the training views"
             t = time.perf_counter()
-            ev = evaluate(self._eval_splats(), views, os.path.join(cfg.out, "eval"), self.background, cfg.lpips_weights,
+            ev = evaluate(self._eval_splats(), views, os.path.join(out, "eval"), self.background, cfg.lpips_weights,
                           sh_degree_at(max(self.step - 1, 0), cfg.sh_degree, cfg.sh_degree_interval), cfg.progress)
             metrics = {**{k: ev[k] for k in ("psnr", "ssim", "lpips", "lpips_note")}, **metrics,
                        "num_test_views": ev["num_views"], "eval_time_s": round(time.perf_counter() - t, 3),
                        "per_image": ev["per_image"]}
             if note:
                 metrics["note"] = note
-        atomic_write_json(metrics, os.path.join(cfg.out, "metrics.json"))
+        write_json(os.path.join(out, "metrics.json"), metrics)
         return metrics
 
     def _eval_splats(self) -> dict:

@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 
+import imageio.v2 as imageio
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from gsplat_kit.common.atomic import atomic_path
+from gsplat_kit.common.errors import UserError
+from gsplat_kit.scene.splats import Splats
+from gsplat_kit.train.rendering import render
 
 
 def _focus_point(centers: np.ndarray, dirs: np.ndarray) -> np.ndarray:
@@ -90,34 +95,26 @@ def camera_path(camtoworlds: np.ndarray, n_frames: int = 120, kind: str = "ellip
 @torch.no_grad()
 def render_video(splats: dict, views, out_path: str, n_frames: int = 120, fps: int = 30, kind: str = "ellipse",
                  scale: float = 1.0, sh_degree: int | None = None, background=None, progress: bool = True) -> str:
-    """Renders the path with the first training view's intrinsics (times `scale`) to an mp4, atomically."""
-    import imageio.v2 as imageio
-    from tqdm import tqdm
+    """Renders the path with the first training view's intrinsics (times `scale`) to an mp4, atomically.
 
-    from gsplat_kit.train.rendering import max_sh_degree, render
-
+    H.264 in yuv420p through imageio-ffmpeg: the codec every browser and player opens (OpenCV's pip wheels
+    write only MPEG-4 Part 2 into .mp4, which browsers do not play)."""
     if not views:
-        raise ValueError("need at least one camera to place the video path")
+        raise UserError("need at least one camera to place the video path")
     v0 = views[0]
     W, H = int(round(v0.width * scale)) // 2 * 2, int(round(v0.height * scale)) // 2 * 2   # even, for yuv420p
+    if W < 2 or H < 2:
+        raise UserError(f"--scale {scale}: the video would be {W}x{H} pixels")
     K = torch.as_tensor(np.asarray(v0.K), dtype=torch.float32).clone()
     K[:2] *= scale
     c2ws = np.stack([np.asarray(torch.as_tensor(v.camtoworld).cpu(), dtype=np.float64) for v in views])
     path = camera_path(c2ws, n_frames, kind)
-    deg = max_sh_degree(splats) if sh_degree is None else sh_degree
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".mp4", dir=folder)
-    os.close(fd)
-    try:
+    deg = Splats(splats).sh_degree if sh_degree is None else sh_degree
+    with atomic_path(out_path) as tmp:
         with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
                                 ffmpeg_log_level="error") as w:
             for c2w in tqdm(path, desc="render", disable=not progress):
                 vm = torch.linalg.inv(torch.as_tensor(c2w, dtype=torch.float32))
                 rgb, _, _ = render(splats, vm, K, W, H, deg, background)
                 w.append_data((rgb[0].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out_path

@@ -1,7 +1,9 @@
 """`gsplat-kit view PATH`: the real-time web viewer."""
 from __future__ import annotations
 
-import sys
+import time
+
+from gsplat_kit.common.options import check_range
 
 
 def register(subparsers):
@@ -12,7 +14,8 @@ def register(subparsers):
                     "URL; stop with Ctrl+C.")
     p.add_argument("path", help=".ply, checkpoint (.pt) or run folder")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; the next free one if taken; 0: any)")
+    p.add_argument("--port", type=int, default=None,
+                   help="port (default: 8080, or the next free one if taken; 0: any free port)")
     p.add_argument("--renderer", choices=("client", "server"), default=None,
                    help="initial rendering path (default: server with CUDA, else client); switchable in the page")
     p.add_argument("--device", default=None, help="device for server-side rendering (default: cuda if available)")
@@ -24,17 +27,17 @@ def register(subparsers):
 
 
 def _view(args) -> int:
-    import time
+    from gsplat_kit.viewer.server import check_address
 
-    from gsplat_kit.viewer.app import ViewerApp
+    if args.max_resolution is not None:
+        check_range("--max-resolution", args.max_resolution, lo=16)
+    check_range("--client-budget", args.client_budget, lo=1)
+    check_address(args.host, 0 if args.port is None else args.port)   # before torch loads: a bad one fails at once
 
-    try:
-        app = ViewerApp(args.host, args.port, render_path=args.renderer, device=args.device,
-                        client_budget=args.client_budget, max_resolution=args.max_resolution)
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"error: could not start the viewer: {e}", file=sys.stderr)
-        return 2
-    app.gui_path.value = args.path
+    from gsplat_kit.viewer.app import ViewerApp   # torch: not needed for --help or a bad address
+    app = ViewerApp(args.host, args.port, render_path=args.renderer, device=args.device,
+                    client_budget=args.client_budget, max_resolution=args.max_resolution)
+    app.panels.path.value = args.path
     print(f"gsplat_kit viewer: {app.url}  (Ctrl+C to stop)", flush=True)
     # The page is live while the scene loads; a bad file is reported and the server keeps running
     # (fix the file or type another path in the page's Scene panel).
@@ -42,8 +45,7 @@ def _view(args) -> int:
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:   # Ctrl+C is how a viewer is stopped: not an error
+        return 0
     finally:
         app.close()
-    return 0

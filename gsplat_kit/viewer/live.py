@@ -13,15 +13,23 @@ import time
 import torch
 
 from gsplat_kit.viewer.app import ViewerApp
+from gsplat_kit.viewer.server import check_address
+
+HOST = "127.0.0.1"  # the training viewer serves this machine only
 
 
 class LiveViewer:
     """Web viewer for a training run, with pause/resume, step, loss and Gaussian count.
 
-    LiveViewer(splats, views=None, host="127.0.0.1", port=8080, min_interval=1.0, **ViewerApp kwargs)
+    LiveViewer(splats, views=None, host=HOST, port=8080, min_interval=1.0, **ViewerApp kwargs)
     """
 
-    def __init__(self, splats: dict, views=None, host: str = "127.0.0.1", port: int = 8080,
+    @staticmethod
+    def check_port(port: int, host: str = HOST) -> None:
+        """Raises a UserError now if the viewer could not listen there (before hours of set-up)."""
+        check_address(host, port)
+
+    def __init__(self, splats: dict, views=None, host: str = HOST, port: int = 8080,
                  min_interval: float = 1.0, **app_kwargs):
         self.splats = splats
         self.min_interval = float(min_interval)

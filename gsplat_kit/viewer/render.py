@@ -8,6 +8,10 @@ import threading
 import numpy as np
 import torch
 
+from gsplat_kit.common.errors import UserError
+from gsplat_kit.render import rasterization
+from gsplat_kit.scene.splats import Splats
+
 RENDER_MODES = ("RGB", "Depth", "Alpha")
 
 # A perceptual colour map for depth (anchors of matplotlib's "turbo", linearly interpolated).
@@ -49,34 +53,30 @@ def colorize_depth(depth: np.ndarray, alpha: np.ndarray, background) -> np.ndarr
 class SplatRenderer:
     """Holds the activated Gaussians on the render device and renders camera poses.
 
-    Activation (normalise quats, exp scales, sigmoid opacities, concatenate SH) happens once per scene,
-    not per frame. Thread-safe: one render at a time.
+    Activation (`Splats.activated`) happens once per scene, not per frame. Thread-safe: one render at a time.
     """
 
     def __init__(self, device: str | torch.device | None = None):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError as e:
+            raise UserError(f"device {device!r}: {str(e).splitlines()[0]}") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device {device!r}: no CUDA device is visible")
         self._lock = threading.Lock()
         self._g = None
         self.num_gaussians = 0
         self.max_sh_degree = 0
 
-    def set_splats(self, splats: dict) -> None:
+    def set_splats(self, splats) -> None:
+        """Activates raw splats (a dict or `Splats`) once, on the render device."""
         with torch.no_grad():
-            means = splats["means"].detach().to(self.device, torch.float32)
-            g = {
-                "means": means.contiguous(),
-                "quats": torch.nn.functional.normalize(splats["quats"].detach().to(self.device, torch.float32), dim=-1),
-                "scales": torch.exp(splats["scales"].detach().to(self.device, torch.float32)),
-                "opacities": torch.sigmoid(splats["opacities"].detach().to(self.device, torch.float32)),
-            }
-            sh0 = splats["sh0"].detach().to(self.device, torch.float32)
-            shn = splats.get("shN")
-            g["colors"] = sh0 if shn is None or shn.shape[1] == 0 else torch.cat(
-                [sh0, shn.detach().to(self.device, torch.float32)], 1)
+            s = (splats if isinstance(splats, Splats) else Splats(splats)).to(self.device, torch.float32)
+            g = {k: v.contiguous() for k, v in s.activated().items()}
         with self._lock:
             self._g = g
-            self.num_gaussians = int(means.shape[0])
-            self.max_sh_degree = int(round(math.sqrt(g["colors"].shape[1]))) - 1
+            self.num_gaussians = s.num
+            self.max_sh_degree = s.sh_degree
 
     @property
     def ready(self) -> bool:
@@ -91,8 +91,6 @@ class SplatRenderer:
                      settings: RenderSettings, empty_depth: float = 1e4) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 image [H, W, 3], camera-z depth [H, W] float32, `empty_depth` where nothing covers
         the pixel). The depth lets the page draw its own scene nodes (frusta) with correct occlusion."""
-        from gsplat_kit import rasterization
-
         with self._lock:
             g = self._g
             if g is None:

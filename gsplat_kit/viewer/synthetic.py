@@ -6,9 +6,8 @@ import math
 import numpy as np
 import torch
 
+from gsplat_kit.scene.splats import SH_C0
 from gsplat_kit.viewer.source import CameraView
-
-SH_C0 = 0.28209479177387814
 
 
 def sphere_splats(n: int = 4000, radius: float = 1.0, sh_degree: int = 0, seed: int = 0) -> dict:

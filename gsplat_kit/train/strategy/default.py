@@ -19,6 +19,11 @@ class DefaultStrategy(Strategy):
     means what it means in the original code, which works in NDC).
     """
     name = "default"
+    RANGES = {"prune_opa": dict(lo=0.0, hi=1.0, hi_open=True), "grow_grad2d": dict(lo=0.0),
+              "grow_scale3d": dict(lo=0.0, lo_open=True), "prune_scale3d": dict(lo=0.0, lo_open=True),
+              "prune_scale2d": dict(lo=0.0, lo_open=True), "split_samples": dict(lo=1, hi=64),
+              "split_scale_factor": dict(lo=0.0, lo_open=True), "refine_start_iter": dict(lo=0),
+              "refine_stop_iter": dict(lo=0), "refine_every": dict(lo=1), "reset_every": dict(lo=1)}
     prune_opa: float = 0.005          # prune below this opacity
     grow_grad2d: float = 0.0002       # densify above this mean 2D gradient
     grow_scale3d: float = 0.01        # clone if max scale <= this * scene_scale, else split

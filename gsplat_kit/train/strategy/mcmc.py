@@ -13,6 +13,9 @@ from gsplat_kit.train.strategy.base import Strategy
 @dataclass
 class MCMCStrategy(Strategy):
     name = "mcmc"
+    RANGES = {"cap_max": dict(lo=1), "noise_lr": dict(lo=0.0), "refine_start_iter": dict(lo=0),
+              "refine_stop_iter": dict(lo=0), "refine_every": dict(lo=1), "min_opacity": dict(lo=0.0, hi=1.0, hi_open=True),
+              "grow_factor": dict(lo=1.0), "opacity_reg": dict(lo=0.0), "scale_reg": dict(lo=0.0)}
     cap_max: int = 1_000_000          # never grow beyond this many Gaussians
     noise_lr: float = 5e5             # position noise = lr(means) * noise_lr, shaped by each covariance
     refine_start_iter: int = 500
