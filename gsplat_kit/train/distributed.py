@@ -667,7 +667,7 @@ class DistributedTrainer:
         cfg, comm = self.cfg, self.comm
         start_step = self.step
         if comm.rank == 0:
-            resolved = {**cfg.to_dict(), "resolved": {
+            resolved = {**cfg.to_dict(), "resume": None, "resolved": {   # reusable with --config, as Trainer's
                 "device": str(self.device), "scene_scale": self.scene_scale,
                 "strategy": self.strategy.strategy.to_dict(),
                 "learning_rates": self.learning_rates(), "num_train_views": len(self.scene.train_views),
