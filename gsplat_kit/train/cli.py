@@ -81,6 +81,10 @@ def _train(args) -> int:
     cfg = train_config(args)
     if not os.path.isdir(cfg.data):
         raise UserError(f"--data {cfg.data}: no such folder")
+    if args.distributed or args.batch_size is not None:
+        from gsplat_kit.train.dist_cli import main_distributed
+
+        return main_distributed(cfg, args)
     if cfg.resume and cfg.resume != "auto" and not os.path.isfile(cfg.resume):
         raise UserError(f"--resume {cfg.resume}: no such checkpoint")
     if cfg.viewer:  # a port the viewer cannot listen on fails now, not after the scene has loaded
@@ -214,6 +218,9 @@ def register(subparsers):
     p.add_argument("--viewer-port", type=int, default=None)
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from gsplat_kit.train.dist_cli import add_distributed_args
+
+    add_distributed_args(p)
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser("eval", help="score trained splats on a scene's held-out views (PSNR, SSIM, LPIPS)",
