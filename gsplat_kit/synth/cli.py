@@ -78,9 +78,13 @@ def _synthesize(args) -> int:
     from .methods import make_config
     from .runner import synthesize
 
+    from .models import load_teacher
+
     make_config(args.method, args.batch_size, args.iterations, **overrides)   # field errors before any work
     _threads(args.threads)
     device = _device(args.device)
+    model, meta = load_teacher(args.teacher)      # a bad teacher file is refused before --out is claimed
+    teacher = (model, dict(meta, path=args.teacher))
     if args.distributed and args.overwrite:
         raise UserError("--distributed and --overwrite exclude each other (the ranks share one folder)")
     rank0 = True
@@ -98,7 +102,7 @@ def _synthesize(args) -> int:
     # rank 0 claims the folder (lock, resume/overwrite rules); the other ranks write into it beside it
     run = RunFolder.claim(args.out, "synthesize", resume=args.resume, overwrite=args.overwrite) if rank0 else None
     try:
-        res = synthesize(args.teacher, args.method, args.num_images, run.path if run else args.out,
+        res = synthesize(teacher, args.method, args.num_images, run.path if run else args.out,
                          batch_size=args.batch_size, iterations=args.iterations, seed=args.seed, device=device,
                          progress=not args.no_progress, **overrides)
         if run is not None:
@@ -131,10 +135,11 @@ def _distill(args) -> int:
 
     _threads(args.threads)
     device = _device(args.device)
+    teacher = _teacher_and_images(args)
     run = RunFolder.claim(args.out, "distill", overwrite=args.overwrite) if args.out else None
     with run if run is not None else contextlib.nullcontext():
         save = args.save_student or (os.path.join(run.path, "student.pt") if run else None)
-        res = distill(args.images, args.teacher, args.student, epochs=args.epochs, batch_size=args.batch_size,
+        res = distill(args.images, teacher, args.student, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, temperature=args.temperature, seed=args.seed, device=device,
                       progress=not args.no_progress, test_limit=args.test_limit, out=save)
         if run is not None:
@@ -154,14 +159,26 @@ def _prune(args) -> int:
 
     _threads(args.threads)
     device = _device(args.device)
+    teacher = _teacher_and_images(args)
     with RunFolder.claim(args.out, "prune", overwrite=args.overwrite) as run:
-        res = prune(args.teacher, args.images, args.ratio, args.method, out=run.path, epochs=args.epochs,
+        res = prune(teacher, args.images, args.ratio, args.method, out=run.path, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed,
                     device=device, real=args.real, test_limit=args.test_limit, progress=not args.no_progress)
     _print_json({k: v for k, v in res.items() if k not in ("before", "after")} |
                 {"params": [res["before"]["params"], res["after"]["params"]],
                  "macs": [res["before"]["macs"], res["after"]["macs"]]})
     return 0
+
+
+def _teacher_and_images(args):
+    """The teacher and a check that --images fits it, before an output folder is claimed."""
+    from .distill import load_synthetic
+    from .models import load_teacher
+
+    model, meta = load_teacher(args.teacher)
+    meta = dict(meta, path=args.teacher)
+    load_synthetic(args.images, int(meta["num_classes"]), int(meta["image_size"]), meta.get("classes"))
+    return model, meta
 
 
 def _train_teacher(args) -> int:
