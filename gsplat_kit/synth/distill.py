@@ -17,7 +17,7 @@ from gsplat_kit.common.paths import safe_name
 
 from .data import load_cifar10, list_classes, subset_per_class, to_tensor
 from .models import build_model, load_teacher
-from .teacher import augment, evaluate
+from .teacher import augment, evaluate, one_cycle
 
 
 def load_synthetic(images_dir, num_classes: int, image_size: int = 32, classes=None):
@@ -87,8 +87,7 @@ def kd_train(student, teacher, x: torch.Tensor, epochs: int = 100, batch_size: i
     spe = max(1, len(x) // bs)
     epochs = max(epochs, math.ceil(min_steps / spe)) if min_steps else epochs
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * spe, pct_start=min(0.5, max(0.2, 2.0 / (epochs * spe))),
-                                                div_factor=10, final_div_factor=100)
+    sched = one_cycle(opt, lr, epochs * spe, min(0.5, max(0.2, 2.0 / (epochs * spe))))
     bar = None
     if progress:
         from tqdm.auto import tqdm

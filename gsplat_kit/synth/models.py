@@ -5,6 +5,8 @@ PNG files and distillation all work in one pixel space.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -109,8 +111,23 @@ def save_teacher(model: CifarResNet, arch: str, path, classes=None, extra=None) 
     payload = {"arch": arch, "num_classes": model.num_classes, "image_size": 32, "classes": classes,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     payload.update(extra or {})
+    payload["sha256"] = content_digest(payload)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def content_digest(payload: dict) -> str:
+    """sha256 of a teacher file's content (tensors by name, dtype, shape and bytes; the other fields as
+    JSON), so that a corrupted download whose damage still unpickles (a flipped weight byte, a changed
+    class name) is refused on load instead of being used."""
+    h = hashlib.sha256()
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "sha256")}
+    h.update(json.dumps(meta, sort_keys=True, default=repr).encode())
+    for k in sorted(payload["state_dict"]):
+        t = payload["state_dict"][k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def fit_widths(model: nn.Module, state_dict: dict) -> nn.Module:
@@ -141,6 +158,11 @@ def load_teacher(path, arch: str | None = None, num_classes: int | None = None, 
     obj = load_torch_data(path, "teacher weights file", map_location=map_location)
     if isinstance(obj, dict) and "state_dict" in obj:
         sd = obj["state_dict"]
+        if "sha256" in obj and (not isinstance(sd, dict) or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items())
+                or obj["sha256"] != content_digest(obj)):
+            raise TeacherLoadError(f"{path}: the content does not match its recorded sha256 (a damaged or "
+                                   "altered file); download or save it again")
         arch = arch or obj.get("arch")
         meta = {k: v for k, v in obj.items() if k != "state_dict"}
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -23,6 +23,17 @@ from .data import load_cifar10, subset_per_class, to_tensor
 from .models import build_model, save_teacher
 
 
+def one_cycle(opt, lr: float, total: int, pct_start: float):
+    """The one-cycle schedule (warm-up to `lr`, then anneal) over `total` steps; a run of fewer than 4 steps
+    (a smoke test) has no room for its two phases (OneCycleLR divides by zero) and keeps `lr` constant."""
+    if total < 4:
+        for g in opt.param_groups:
+            g["lr"] = lr
+        return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=pct_start,
+                                               div_factor=10, final_div_factor=100)
+
+
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop with zero padding + horizontal flip, for a whole batch at once."""
     n, _, h, w = x.shape
@@ -79,8 +90,7 @@ def train_classifier(arch="resnet20", epochs=30, batch_size=128, lr=0.1, weight_
     if steps_per_epoch < 1:
         raise UserError(f"batch size {batch_size} exceeds the {len(xtr)} training images")
     total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, div_factor=10,
-                                                final_div_factor=100, pct_start=min(0.5, max(0.25, 2.0 / total)))
+    sched = one_cycle(opt, lr, total, min(0.5, max(0.25, 2.0 / total)))
     gen = torch.Generator().manual_seed(seed)
     start_epoch, history = 0, []
     ckpt = Path(str(out) + ".ckpt") if out else None
