@@ -73,7 +73,8 @@ def test_cli_prune_fine_tunes_above_the_pruned_model(synthetic_set, tmp_path, ca
     assert res["num_images"] == 40 and res["test_images"] == 500
     assert res["after"]["params"] < 0.3 * res["before"]["params"]
     # measured on the committed teacher: 0.10 before fine-tuning (half the filters gone: chance) and
-    # 0.37-0.44 after 30 KD steps on 40 DeepInversion images (40 iterations each); chance is 0.10
+    # 0.36-0.41 after 30 KD steps on 40 DeepInversion images of 40 iterations (image seeds 0-1 x KD seeds
+    # 0-1; 2026-12-02); chance is 0.10
     assert res["pruned_test_accuracy"] < 0.2
     assert res["test_accuracy"] > res["pruned_test_accuracy"] + 0.15, res
     model, meta = load_teacher(out / "pruned.pt")

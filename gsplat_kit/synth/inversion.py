@@ -139,9 +139,13 @@ def invert(teacher: nn.Module, targets: torch.Tensor, cfg: InversionConfig, make
         images = pixels.clamp(0, 1)
         with torch.no_grad(), bn.paused():
             acc = (teacher(images).argmax(1) == targets).float().mean().item()
-            # what the optimiser saw (pixels outside [0, 1] included) vs the image that is saved
+            # diagnostics of the saved form: what the optimiser saw (pixels outside [0, 1] included), and the
+            # reference scripts' way of saving (save_image(normalize=True, scale_each=True): per-image min-max)
             acc_unclamped = (teacher(pixels).argmax(1) == targets).float().mean().item()
+            lo, hi = pixels.amin((1, 2, 3), keepdim=True), pixels.amax((1, 2, 3), keepdim=True)
+            minmax = (pixels - lo) / (hi - lo).clamp_min(1e-12)
+            acc_minmax = (teacher(minmax).argmax(1) == targets).float().mean().item()
     return images.cpu(), {"loss": losses, "loss_first": losses[0], "loss_final": lv, "loss_best": best_loss,
                           "ce": ce.item(), "bn": loss_bn.item(), "teacher_acc": acc,
-                          "teacher_acc_unclamped": acc_unclamped,
+                          "teacher_acc_unclamped": acc_unclamped, "teacher_acc_minmax": acc_minmax,
                           "clipped_fraction": float(((pixels < 0) | (pixels > 1)).float().mean())}
