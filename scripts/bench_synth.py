@@ -108,9 +108,14 @@ def main(argv=None) -> int:
     p.add_argument("--protocol", action="store_true", help="the multi-seed comparison (see the docstring)")
     p.add_argument("--seeds", default="0,1,2", help="--protocol: comma-separated seeds (>= 3 for an interval)")
     p.add_argument("--prune-ratio", type=float, default=0.5)
+    p.add_argument("--table", metavar="JSON", help="print the markdown tables of a --protocol run's JSON and exit")
     p.add_argument("--protocol-test-limit", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--ft-lr", type=float, default=0.01, help="--protocol: fine-tuning lr of the pruned network")
     args = p.parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            print(protocol_tables(json.load(f)))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     teacher = load_teacher(args.teacher)
@@ -235,8 +240,37 @@ def protocol(args, teacher) -> int:
         atomic.write_json(path, report)
     report["summary"] = _protocol_summary(report["runs"], seeds)
     atomic.write_json(path, report)
-    print(json.dumps(report["summary"], indent=1))
+    print(protocol_tables(report))
     return 0
+
+
+def _fmt(iv, scale=100.0, digits=1, interval=True):
+    if iv is None:
+        return "-"
+    half = "" if iv.get("ci95") is None or not interval else f" ± {scale * iv['ci95']:.{digits}f}"
+    return f"{scale * iv['mean']:.{digits}f}{half}"
+
+
+def protocol_tables(report) -> str:
+    """Markdown: per-set means with 95 % intervals, then the paired differences NI - DI."""
+    summ = report.get("summary") or _protocol_summary(report["runs"], sorted({r["seed"] for r in report["runs"]}))
+    names = {"natural": "NaturalInversion", "deep_iters": "DeepInversion, equal iterations",
+             "deep_wall": "DeepInversion, equal CPU time", "real": "real training images (reference)"}
+    rows = ["| set | seeds | iterations | synth CPU s | teacher acc on images (%) | KD student acc (%) | "
+            "pruned + fine-tuned acc (%) |", "|---|---|---|---|---|---|---|"]
+    for key in ("natural", "deep_iters", "deep_wall", "real"):
+        ps = summ["per_set"].get(key)
+        if not ps:
+            continue
+        rows.append(f"| {names[key]} | {ps['kd_student_acc']['n']} | {_fmt(ps.get('iterations'), 1, 0, False)} | "
+                    f"{_fmt(ps.get('synth_cpu_seconds'), 1, 1, False)} | {_fmt(ps.get('teacher_acc_at_synthesis'))} | "
+                    f"{_fmt(ps['kd_student_acc'])} | {_fmt(ps['pruned_finetuned_acc'])} |")
+    rows += ["", "| paired difference (points) | seeds | mean ± 95 % CI | per seed |", "|---|---|---|---|"]
+    for k, iv in summ["paired_natural_minus_deep"].items():
+        metric, other = k.split(" vs ")
+        label = ("KD" if metric.startswith("kd") else "pruning") + " NI - " + names[other].replace("DeepInversion", "DI")
+        rows.append(f"| {label} | {iv['n']} | {_fmt(iv)} | {', '.join(f'{100 * d:+.1f}' for d in iv['diffs'])} |")
+    return "\n".join(rows)
 
 
 def _protocol_summary(runs, seeds):

@@ -170,3 +170,16 @@ def test_hostile_class_names_stay_inside_out(tmp_path, capsys):
 
     xs, ys, classes = load_synthetic(out, 10, 32, names)
     assert len(xs) == 10 and sorted(ys.tolist()) == list(range(10)) and classes == names
+
+
+def test_no_unsafe_loading_in_synth():
+    """Every torch file the synth package reads goes through common.safe_load (weights_only=True)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for p in list((root / "gsplat_kit" / "synth").glob("*.py")) + [root / "scripts" / "bench_synth.py"]:
+        src = p.read_text()
+        assert not re.search(r"weights_only\s*=\s*False", src), p
+        assert not re.search(r"\btorch\.load\(", src), p
+        assert not re.search(r"\bpickle\.loads?\(", src), p
