@@ -18,7 +18,9 @@ once, from the first seed's two timings, then fixed), each judged by KD into a f
 fine-tuning the teacher pruned at --prune-ratio (L1 filters, pruned once), both on the full 10k test set;
 the same two with as many real training images as the reference. Reports per-seed figures, means with
 95 % t-intervals, and the paired differences NI - DI with their intervals:
-    nice -n 10 python scripts/bench_synth.py --protocol --seeds 0,1,2 --threads 1 --out /tmp/bench_protocol
+    nice -n 10 python scripts/bench_synth.py --protocol --seeds 0,1,2 --num-images 30 --batch-size 30 \
+        --iterations 50 --kd-epochs 60 --kd-batch-size 15 --threads 1 --out /tmp/bench_protocol
+(sized to finish in about an hour on the shared 2-core CPU; `--table JSON` reprints its tables).
 """
 from __future__ import annotations
 
