@@ -4,6 +4,7 @@ reference and against gsplat 1.5.3, in one run.
 
     python scripts/bench_raster.py                    # CPU kernels (this machine)
     python scripts/bench_raster.py --device cuda      # CUDA kernels vs gsplat's CUDA rasterization
+    python scripts/bench_raster.py --kernels-only     # the kernels' forward + backward only
 
 Scenes are sampled like a real capture: 100k Gaussians drawn around the SfM points of
 ../shared/data/cup_kwrous (position jitter and scale from the 3-nearest-neighbour distance, colour
@@ -267,6 +268,8 @@ def main():
     p.add_argument("--num-gaussians", type=int, default=100_000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--kernels-only", action="store_true",
+                   help="only the kernels' forward + backward (no reference, no gsplat): before/after comparisons")
     p.add_argument("--child", choices=["reference", "native"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -276,7 +279,9 @@ def main():
     out = {"date": time.strftime("%Y-%m-%d"), "device": args.device, "torch": torch.__version__,
            "threads": torch.get_num_threads()}
     bench_kernels(args, out)
-    if args.device == "cpu":
+    if args.kernels_only:
+        pass
+    elif args.device == "cpu":
         bench_reference(args, out)
         bench_gsplat_torch(args, out)
     else:
