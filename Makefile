@@ -47,14 +47,15 @@ simt: build
 	$(PY) csrc/simt/build.py --quiet
 
 # The harness built with AddressSanitizer: an out-of-bounds access in a kernel fails the run. Python is
-# not instrumented, so libasan is preloaded; leak checking is off (CPython and torch keep their
-# allocations to exit). A subset of the harness tests keeps it to a few minutes.
-ASAN_LIB = $(shell $(CXX) -print-file-name=libasan.so)
+# not instrumented, so libasan is preloaded, and libstdc++ with it (else ASan's exception interceptor
+# finds no __cxa_throw and the harness's errors abort); leak checking is off (CPython and torch keep
+# their allocations to exit). A subset of the harness tests keeps it to a few minutes.
+ASAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libstdc++.so)
 SIMT_ASAN_TESTS ?= tests/test_simt_runtime.py tests/test_simt_kernels.py
 SIMT_ASAN_SELECT ?= not float64 and not covars
 test-simt-asan: build
 	$(PY) csrc/simt/build.py --asan --quiet
-	LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1:detect_odr_violation=0 \
+	LD_PRELOAD="$(ASAN_PRELOAD)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1:detect_odr_violation=0 \
 		GSPLAT_KIT_SIMT_LIB=build/simt-asan/gsplat_kit_simt.so GSPLAT_KIT_REQUIRE_SIMT=1 \
 		$(PY) -m pytest -q -p no:cacheprovider $(SIMT_ASAN_TESTS) -k "$(SIMT_ASAN_SELECT)"
 

@@ -382,4 +382,6 @@ def test_cuda_gradcheck_float64(kernel_backend):
         c, a, _ = rasterization(**{**scene, **dict(zip(names, xs))}, sh_degree=2, render_mode="RGB+ED")
         return c, a
 
-    assert torch.autograd.gradcheck(f, [scene[k].clone().requires_grad_() for k in names], eps=1e-6, atol=1e-6, rtol=1e-5)
+    # Through the harness, fast mode (random projections of the Jacobian): the full one is minutes there.
+    assert torch.autograd.gradcheck(f, [scene[k].clone().requires_grad_() for k in names], eps=1e-6, atol=1e-6, rtol=1e-5,
+                                    fast_mode=kernel_backend == "cpu")

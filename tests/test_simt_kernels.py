@@ -130,10 +130,11 @@ def test_covars_and_sh_degrees(sh_degree):
 @pytest.mark.parametrize("name", list(_edits(13, 1)) + ["self", "plain"])
 @pytest.mark.parametrize("stored", [False, True])
 def test_attention_every_edit(name, stored):
-    """The CUDA attention kernel (one thread per query row) against the reference processor."""
+    """The CUDA attention kernel (one thread per query row; 37 rows in a block of 128 threads) against the
+    reference processor."""
     from gsplat_kit.edit.kernel import fused_attention, reference_attention
 
-    B, P, Q, K, D, Dv = 4, 2, 37, 13, 8, 8
+    B, P, Q, K, D, Dv = 4, 2, 37, 13, 8, 12  # D != Dv: a row stride of the wrong head dim shows
     if name == "self":
         K = Q
     q, k, v = _qkv(B, Q, K, D, Dv)
