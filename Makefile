@@ -6,7 +6,7 @@ SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -na
 BUILT   := gsplat_kit/_build_info.json
 PYTEST_ARGS ?=
 
-.PHONY: setup build demo test test-portable bench clean browser
+.PHONY: setup build demo test test-portable simt test-simt-asan bench clean browser
 
 setup: build
 
@@ -33,9 +33,31 @@ browser:
 demo: build
 	$(PY) scripts/demo.py
 
-test: build browser
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+# CI: every test, the CUDA kernels included through the SIMT harness (GSPLAT_KIT_REQUIRE_SIMT: a missing
+# or stale harness fails instead of skipping; the summary line counts the harness-executed tests), then
+# the harness under AddressSanitizer, then the CPU kernels at another SIMD width.
+test: build browser simt
+	GSPLAT_KIT_REQUIRE_SIMT=1 $(PY) -m pytest -q tests $(PYTEST_ARGS)
+	$(MAKE) test-simt-asan
 	$(MAKE) test-portable
+
+# The SIMT harness (csrc/simt/): the .cu kernels compiled as C++ and executed on the CPU by the tests.
+# A separate, test-only library (build/simt/gsplat_kit_simt.so); the real build never compiles it.
+simt: build
+	$(PY) csrc/simt/build.py --quiet
+
+# The harness built with AddressSanitizer: an out-of-bounds access in a kernel fails the run. Python is
+# not instrumented, so libasan is preloaded, and libstdc++ with it (else ASan's exception interceptor
+# finds no __cxa_throw and the harness's errors abort); leak checking is off (CPython and torch keep
+# their allocations to exit). A subset of the harness tests keeps it to a few minutes.
+ASAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libstdc++.so)
+SIMT_ASAN_TESTS ?= tests/test_simt_runtime.py tests/test_simt_kernels.py
+SIMT_ASAN_SELECT ?= not float64 and not covars
+test-simt-asan: build
+	$(PY) csrc/simt/build.py --asan --quiet
+	LD_PRELOAD="$(ASAN_PRELOAD)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1:detect_odr_violation=0 \
+		GSPLAT_KIT_SIMT_LIB=build/simt-asan/gsplat_kit_simt.so GSPLAT_KIT_REQUIRE_SIMT=1 \
+		$(PY) -m pytest -q -p no:cacheprovider $(SIMT_ASAN_TESTS) -k "$(SIMT_ASAN_SELECT)"
 
 # The CPU kernels' SIMD loops at another vector width than this machine's: a copy of the source tree
 # built for AVX2 (CPU kernels only), and the kernel tests run against it.

@@ -6,31 +6,28 @@ Target GPU architectures: TORCH_CUDA_ARCH_LIST (torch's own variable) or GSPLAT_
 default below. A hash of every source file is written to gsplat_kit/_build_info.json so that
 gsplat_kit._backend can tell a stale build from a fresh one.
 """
-import glob
-import hashlib
+import importlib.util
 import json
 import os
 
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_build_hash():
+    """gsplat_kit/_build_hash.py by path: importing the package would import torch (and a stale _C)."""
+    spec = importlib.util.spec_from_file_location("_gk_build_hash", os.path.join(ROOT, "gsplat_kit", "_build_hash.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_build_hash = _load_build_hash()
 # Turing .. Blackwell; the +PTX entry lets newer GPUs JIT the kernels.
 DEFAULT_CUDA_ARCH = "7.5;8.0;8.6;8.9;9.0;12.0+PTX"
 
 
-def source_files():
-    """Every native source, sorted: the same list feeds the build and the staleness hash."""
-    pats = ["csrc/**/*.cpp", "csrc/**/*.cu", "csrc/**/*.h", "csrc/**/*.cuh"]
-    return sorted({os.path.relpath(f, ROOT) for p in pats for f in glob.glob(os.path.join(ROOT, p), recursive=True)})
-
-
-def sources_hash(files):
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.encode())
-        with open(os.path.join(ROOT, f), "rb") as fh:
-            h.update(fh.read())
-    return h.hexdigest()
 
 
 def find_cuda_home():
@@ -64,7 +61,7 @@ def want_cuda():
 
 
 def make_extension():
-    files = source_files()
+    files = _build_hash.source_files(ROOT)  # csrc/ without the test-only harness (csrc/simt/)
     cuda, why = want_cuda()
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
@@ -92,8 +89,8 @@ def make_extension():
     ), files
 
 
-def write_build_info(files):
-    info = {"sources_sha256": sources_hash(files)}
+def write_build_info():
+    info = {"sources_sha256": _build_hash.sources_hash(ROOT)}
     tmp = os.path.join(ROOT, "gsplat_kit", "_build_info.json.tmp")
     with open(tmp, "w") as f:
         json.dump(info, f)
@@ -116,7 +113,7 @@ def main():
 
         def run(self):
             super().run()
-            write_build_info(files)
+            write_build_info()
 
     setup(
         name="gsplat_kit",

@@ -4,6 +4,7 @@ reference and against gsplat 1.5.3, in one run.
 
     python scripts/bench_raster.py                    # CPU kernels (this machine)
     python scripts/bench_raster.py --device cuda      # CUDA kernels vs gsplat's CUDA rasterization
+    python scripts/bench_raster.py --kernels-only     # the kernels' forward + backward only
 
 Scenes are sampled like a real capture: 100k Gaussians drawn around the SfM points of
 ../shared/data/cup_kwrous (position jitter and scale from the 3-nearest-neighbour distance, colour
@@ -70,19 +71,23 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+# Wall time; --cpu-time switches to the process's CPU time (a before/after comparison on a loaded machine).
+CLOCK = time.perf_counter
+
+
 def time_fwd_bwd(fn, scene, device, repeats=3, warmup=True, **kw):
     """Median seconds of forward, and of forward + backward, and the last meta."""
     leaves = {k: scene[k].detach().clone().requires_grad_() for k in ("means", "quats", "scales", "opacities", "colors")}
     fwd, both, meta = [], [], None
     for _ in range(repeats + int(warmup)):  # the first run warms up
         sync(device)
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         c, a, meta = fn(**{**scene, **leaves}, **kw)
         sync(device)
-        t1 = time.perf_counter()
+        t1 = CLOCK()
         (c.sum() + a.sum()).backward()
         sync(device)
-        t2 = time.perf_counter()
+        t2 = CLOCK()
         fwd.append(t1 - t0)
         both.append(t2 - t0)
     skip = int(warmup)
@@ -114,7 +119,7 @@ def bench_kernels(args, out):
     peak, cores, mhz, lanes = simd_peak_gflops()
     out["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": cores, "mhz": mhz, "simd_lanes_fp32": lanes,
                       "fp32_peak_gflops": peak}
-    for (w, h) in ((800, 600), (1600, 1200)):
+    for (w, h) in args.sizes:
         scene = to(capture_like_scene(args.data, args.num_gaussians, w, h), args.device)
         t_fwd, t_both, meta = time_fwd_bwd(rasterization, scene, args.device, repeats=args.repeats, sh_degree=3)
         n_isect = int(meta["flatten_ids"].numel())
@@ -267,8 +272,17 @@ def main():
     p.add_argument("--num-gaussians", type=int, default=100_000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--sizes", default="800x600,1600x1200", type=lambda v: [tuple(map(int, s.split("x"))) for s in v.split(",")],
+                   help="image sizes of the kernel timings, e.g. 800x600,1600x1200")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time the kernels by the process's CPU time (with OMP_NUM_THREADS=1: robust to a busy machine)")
+    p.add_argument("--kernels-only", action="store_true",
+                   help="only the kernels' forward + backward (no reference, no gsplat): before/after comparisons")
     p.add_argument("--child", choices=["reference", "native"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
     if args.child:
         return run_child(args.child, args)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -276,7 +290,9 @@ def main():
     out = {"date": time.strftime("%Y-%m-%d"), "device": args.device, "torch": torch.__version__,
            "threads": torch.get_num_threads()}
     bench_kernels(args, out)
-    if args.device == "cpu":
+    if args.kernels_only:
+        pass
+    elif args.device == "cpu":
         bench_reference(args, out)
         bench_gsplat_torch(args, out)
     else:

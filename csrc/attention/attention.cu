@@ -4,7 +4,11 @@
 // written unless the map store asks for it (atomically summed over heads).
 #include <cuda_runtime.h>
 
+#include <stdexcept>
+#include <string>
+
 #include "attention.h"
+#include "gk_launch.cuh"
 
 namespace gk::attn {
 namespace {
@@ -78,12 +82,13 @@ template <typename T> __global__ void attention_fwd_kernel(const AttnArgs<T> a) 
 }  // namespace
 
 template <typename T> void attention_fwd_cuda(const AttnArgs<T>& a, void* stream) {
-    if (a.Dv > kCudaMaxDv) {
-        // attention_ops.cpp checks this first; kept here so the launcher is safe on its own.
-        return;
-    }
+    // attention_ops.cpp checks this first with a message for the user; the launcher refuses too, since
+    // the kernel would overrun its accumulators (and returning would leave `out` uninitialised).
+    if (a.Dv < 1 || a.Dv > kCudaMaxDv)
+        throw std::invalid_argument("attention_fwd_cuda: value head dim " + std::to_string(a.Dv) + " outside 1.." +
+                                    std::to_string(kCudaMaxDv));
     const dim3 grid((a.Q + kThreads - 1) / kThreads, a.H, a.route.B);
-    attention_fwd_kernel<T><<<grid, kThreads, 0, (cudaStream_t)stream>>>(a);
+    launch(attention_fwd_kernel<T>, grid, kThreads, 0, stream, a);
 }
 
 template void attention_fwd_cuda<float>(const AttnArgs<float>&, void*);

@@ -1,29 +1,25 @@
-// Fused attention-map control kernel: tensor checks, layouts, and dispatch to the CPU
-// (attention_cpu.cpp) or CUDA (attention.cu) launchers. gsplat_kit/edit/kernel.py is the Python side.
-#include <torch/extension.h>
-
+// Fused attention-map control kernel: tensor checks, layouts, and the call of the CPU
+// (attention_cpu.cpp) or CUDA (attention.cu) launcher; schema in csrc/bindings.cpp.
+// gsplat_kit/edit/kernel.py is the Python side.
+#include "../ops_common.h"
 #include "attention.h"
 
-#if GSPLAT_KIT_WITH_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
-
+namespace gk::ops {
 namespace {
-
-using torch::Tensor;
-using OptTensor = std::optional<Tensor>;
 
 // out [B*H, Q, Dv] = edited softmax(scale q k^T) v; see attention_math.h for what "edited" means.
 // src/slot/store_idx: one entry per batch element (B = q.size(0) / heads).
-Tensor attention_forward(Tensor q, Tensor k, Tensor v, int64_t heads, double scale, std::vector<int64_t> src,
-                         std::vector<int64_t> slot, OptTensor col_ptr, OptTensor rows, OptTensor vals, OptTensor c,
-                         OptTensor store, std::vector<int64_t> store_idx) {
+template <bool kCuda>
+Tensor attention_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_, int64_t heads, double scale, at::IntArrayRef src_,
+                         at::IntArrayRef slot_, const OptTensor& col_ptr, const OptTensor& rows, const OptTensor& vals,
+                         const OptTensor& c, const OptTensor& store, at::IntArrayRef store_idx_) {
+    Tensor q = q_, k = k_, v = v_;
+    const std::vector<int64_t> src = src_.vec(), slot = slot_.vec();
+    std::vector<int64_t> store_idx = store_idx_.vec();
     TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "attention_forward: q, k, v must be [B*heads, L, dim], got ",
                 q.sizes(), ", ", k.sizes(), ", ", v.sizes());
     const auto dt = q.scalar_type();
-    TORCH_CHECK(dt == torch::kFloat32 || dt == torch::kFloat64, "attention_forward: float32 or float64 expected, got ", dt);
+    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "attention_forward: float32 or float64 expected, got ", dt);
     TORCH_CHECK(k.scalar_type() == dt && v.scalar_type() == dt, "attention_forward: q, k, v must share a dtype");
     TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), "attention_forward: q, k, v must be on one device");
     const int64_t BH = q.size(0), Q = q.size(1), D = q.size(2), K = k.size(1), Dv = v.size(2);
@@ -61,13 +57,13 @@ Tensor attention_forward(Tensor q, Tensor k, Tensor v, int64_t heads, double sca
                     "attention_forward: c must be a contiguous [slots, K=", K, "] tensor of q's dtype and device, got ", c->sizes());
         n_slots = c->size(0);
         TORCH_CHECK(col_ptr->dim() == 2 && col_ptr->size(0) == n_slots && col_ptr->size(1) == K + 1 &&
-                        col_ptr->scalar_type() == torch::kInt32 && col_ptr->is_contiguous() && col_ptr->device() == q.device(),
+                        col_ptr->scalar_type() == at::kInt && col_ptr->is_contiguous() && col_ptr->device() == q.device(),
                     "attention_forward: col_ptr must be a contiguous int32 [slots, K+1] tensor, got ", col_ptr->sizes());
-        TORCH_CHECK(rows->dim() == 1 && vals->dim() == 1 && rows->size(0) == vals->size(0) && rows->scalar_type() == torch::kInt32 &&
+        TORCH_CHECK(rows->dim() == 1 && vals->dim() == 1 && rows->size(0) == vals->size(0) && rows->scalar_type() == at::kInt &&
                         vals->scalar_type() == dt && rows->is_contiguous() && vals->is_contiguous() &&
                         rows->device() == q.device() && vals->device() == q.device(),
                     "attention_forward: rows (int32) and vals (q's dtype) must be contiguous 1-D tensors of one length");
-        if (!q.is_cuda()) {  // on the GPU these come from gsplat_kit/edit/plan.py as they are
+        if (!kCuda) {  // on the GPU these come from gsplat_kit/edit/plan.py as they are
             const int32_t* cp = col_ptr->data_ptr<int32_t>();
             const int32_t* rw = rows->data_ptr<int32_t>();
             const int64_t nnz = rows->size(0);
@@ -88,8 +84,11 @@ Tensor attention_forward(Tensor q, Tensor k, Tensor v, int64_t heads, double sca
     q = q.contiguous();
     k = k.contiguous();
     v = v.contiguous();
-    Tensor out = torch::empty({BH, Q, Dv}, q.options());
-    return AT_DISPATCH_FLOATING_TYPES(dt, "attention_forward", [&] {
+    Tensor out = at::empty({BH, Q, Dv}, q.options());
+    if (kCuda)
+        TORCH_CHECK(Dv <= gk::attn::kCudaMaxDv, "attention_forward: value head dim ", Dv, " above the CUDA kernel's ",
+                    gk::attn::kCudaMaxDv);
+    return GK_DISPATCH_FLOAT(dt, "attention_forward", [&] {
         gk::attn::AttnArgs<scalar_t> a{};
         a.B = int(B); a.H = int(heads); a.Q = int(Q); a.K = int(K); a.D = int(D); a.Dv = int(Dv);
         a.scale = scalar_t(scale);
@@ -101,15 +100,10 @@ Tensor attention_forward(Tensor q, Tensor k, Tensor v, int64_t heads, double sca
         a.q = q.data_ptr<scalar_t>();
         a.k = k.data_ptr<scalar_t>();
         a.v = v.data_ptr<scalar_t>();
-        if (q.is_cuda()) {
-#if GSPLAT_KIT_WITH_CUDA
-            TORCH_CHECK(Dv <= gk::attn::kCudaMaxDv, "attention_forward: value head dim ", Dv, " above the CUDA kernel's ", gk::attn::kCudaMaxDv);
-            const c10::cuda::CUDAGuard guard(q.device());
-            gk::attn::attention_fwd_cuda<scalar_t>(a, (void*)c10::cuda::getCurrentCUDAStream().stream());
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-#else
-            TORCH_CHECK(false, "attention_forward: gsplat_kit._C was built without CUDA kernels; rebuild with a CUDA build of torch and nvcc present");
-#endif
+        if constexpr (kCuda) {
+            const CudaScope cs(q);
+            gk::attn::attention_fwd_cuda<scalar_t>(a, cs.stream());
+            cs.check();
         } else {
             gk::attn::attention_fwd_cpu<scalar_t>(a);
         }
@@ -118,16 +112,7 @@ Tensor attention_forward(Tensor q, Tensor k, Tensor v, int64_t heads, double sca
 }
 
 }  // namespace
+}  // namespace gk::ops
 
-void register_attention(pybind11::module_& m) {
-    m.def("attention_forward", &attention_forward, "Fused attention with Prompt-to-Prompt map control (see attention_math.h)",
-          pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("heads"), pybind11::arg("scale"),
-          pybind11::arg("src"), pybind11::arg("slot"), pybind11::arg("col_ptr") = pybind11::none(),
-          pybind11::arg("rows") = pybind11::none(), pybind11::arg("vals") = pybind11::none(), pybind11::arg("c") = pybind11::none(),
-          pybind11::arg("store") = pybind11::none(), pybind11::arg("store_idx") = std::vector<int64_t>{});
-    m.def("attention_cpu_blas", [](std::optional<bool> on) {
-        if (on) gk::attn::set_cpu_blas(*on);
-        return gk::attn::cpu_blas_available();
-    }, "Whether the CPU products use torch's BLAS; `on` switches to the plain loops (False) or back (True).",
-          pybind11::arg("on") = pybind11::none());
-}
+#define GK_ATTENTION_IMPLS(m, CUDA) m.impl("attention_forward", TORCH_FN(gk::ops::attention_forward<CUDA>));
+GK_REGISTER_OPS(GK_ATTENTION_IMPLS)

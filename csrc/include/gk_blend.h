@@ -16,6 +16,21 @@ template <typename T> GK_HD void tile_range(T mx, T my, int32_t rx, int32_t ry, 
     y1 = int(gk_min(gk_max(ceil((my + T(ry)) / ts), T(0)), T(tiles_h)));
 }
 
+// Widths of the sort key's fields (isect_key below): the fewest bits that hold every tile id and every
+// camera id; the depth takes the low 32 bits. Binning on both backends and the op's checks use this.
+struct IsectKeyBits {
+    int tile, camera;
+    GK_HD int total() const { return 32 + tile + camera; }
+};
+GK_HD int bits_for_ids(int64_t n) {
+    int b = 0;
+    while ((int64_t(1) << b) < n) ++b;
+    return b;
+}
+GK_HD IsectKeyBits isect_key_bits(int64_t cameras, int64_t tiles_per_camera) {
+    return {bits_for_ids(tiles_per_camera), bits_for_ids(cameras)};
+}
+
 // Sort key of one intersection: camera | tile | depth. Depths of visible Gaussians are positive, so
 // their IEEE bits order like the values.
 GK_HD uint64_t isect_key(int64_t camera, int64_t tile, float depth, int tile_bits) {

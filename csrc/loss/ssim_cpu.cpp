@@ -1,7 +1,7 @@
 // SSIM (Wang et al. 2004) on the CPU, forward and backward, as 3DGS trains with it: a separable
 // Gaussian window over zero-padded ("same") images. gsplat_kit/train/losses.py holds the torch version
 // (the reference, and the GPU path); on the CPU its ~40 small tensor ops per call cost more than the
-// rasteriser at 800x600 (~250 ms forward, ~320 ms backward), this file ~20x less.
+// rasteriser itself, which is why this kernel exists (figures: `python scripts/bench_loss.py`, BENCHMARKS.md).
 //
 // With the five local moments mu1 = w*x, mu2 = w*y, e11 = w*x^2, e22 = w*y^2, e12 = w*xy (w: the window),
 // s11 = e11 - mu1^2, s22 = e22 - mu2^2, s12 = e12 - mu1 mu2 and
@@ -9,14 +9,15 @@
 // The backward to x: each moment is a window sum, and the window is symmetric, so with G = dL/dS
 //     dL/dx = w*(G dS/dmu1) + 2 x w*(G dS/de11) + y w*(G dS/de12),
 //     dS/dmu1 = 2 mu2 (B - A) / (C D) - 2 mu1 S (1/C - 1/D),  dS/de11 = -S / D,  dS/de12 = 2 A / (C D).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 namespace {
 
-using torch::Tensor;
+using at::Tensor;
 
 // out = w * in on one H x W plane (zero padding, "same" size); tmp: H x W scratch. The tap loops are
 // outside, so the inner loops run along rows and vectorise.
@@ -63,7 +64,7 @@ void check_images(const Tensor& x, const Tensor& y, const Tensor& g) {
                 x.sizes(), " and ", y.sizes());
     TORCH_CHECK(!x.is_cuda() && !y.is_cuda(), "ssim: the native SSIM is CPU only");
     TORCH_CHECK(x.scalar_type() == y.scalar_type() && g.scalar_type() == x.scalar_type() &&
-                    (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64),
+                    (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
                 "ssim: images and window must share a float32 or float64 dtype");
     TORCH_CHECK(g.dim() == 1 && g.size(0) % 2 == 1, "ssim: the window must be 1-D with an odd size");
 }
@@ -131,13 +132,11 @@ void ssim_backward_impl(const T* xs, const T* ys, const T* g, int k, int64_t pla
 }
 
 // Returns (ssim map [B, C, H, W], moments [5, B, C, H, W]: mu1, mu2, e11, e22, e12).
-std::vector<Tensor> ssim_forward(Tensor x, Tensor y, Tensor g) {
-    check_images(x, y, g);
-    x = x.contiguous();
-    y = y.contiguous();
-    g = g.contiguous();
-    Tensor moments = torch::empty({5, x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
-    Tensor smap = torch::empty_like(x);
+std::tuple<Tensor, Tensor> ssim_forward(const Tensor& x_, const Tensor& y_, const Tensor& g_) {
+    check_images(x_, y_, g_);
+    const Tensor x = x_.contiguous(), y = y_.contiguous(), g = g_.contiguous();
+    Tensor moments = at::empty({5, x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
+    Tensor smap = at::empty_like(x);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssim_forward", [&] {
         ssim_forward_impl<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), int(g.size(0)),
                                     x.size(0) * x.size(1), int(x.size(2)), int(x.size(3)), moments.data_ptr<scalar_t>(),
@@ -147,33 +146,29 @@ std::vector<Tensor> ssim_forward(Tensor x, Tensor y, Tensor g) {
 }
 
 // dL/dx for dL/dS = grad (the map's gradient), from the forward's moments.
-Tensor ssim_backward(Tensor x, Tensor y, Tensor g, Tensor moments, Tensor grad) {
-    check_images(x, y, g);
+Tensor ssim_backward(const Tensor& x_, const Tensor& y_, const Tensor& g_, const Tensor& moments_, const Tensor& grad_) {
+    check_images(x_, y_, g_);
+    const Tensor &x = x_, &grad = grad_, &moments = moments_;
     TORCH_CHECK(grad.sizes() == x.sizes() && moments.dim() == 5 && moments.size(0) == 5 && moments.size(1) == x.size(0) &&
                     moments.size(2) == x.size(1) && moments.size(3) == x.size(2) && moments.size(4) == x.size(3) &&
                     grad.scalar_type() == x.scalar_type() && moments.scalar_type() == x.scalar_type(),
                 "ssim_backward: grad and moments do not match the images");
-    x = x.contiguous();
-    y = y.contiguous();
-    g = g.contiguous();
-    grad = grad.contiguous();
-    moments = moments.contiguous();
-    Tensor terms = torch::empty({3, x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
-    Tensor dx = torch::empty_like(x);
+    const Tensor xc = x.contiguous(), yc = y_.contiguous(), gc = g_.contiguous(), gradc = grad.contiguous(),
+                 mc = moments.contiguous();
+    Tensor terms = at::empty({3, x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
+    Tensor dx = at::empty_like(xc);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssim_backward", [&] {
-        ssim_backward_impl<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), int(g.size(0)),
-                                     x.size(0) * x.size(1), int(x.size(2)), int(x.size(3)), moments.data_ptr<scalar_t>(),
-                                     grad.data_ptr<scalar_t>(), terms.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>());
+        ssim_backward_impl<scalar_t>(xc.data_ptr<scalar_t>(), yc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), int(gc.size(0)),
+                                     x.size(0) * x.size(1), int(x.size(2)), int(x.size(3)), mc.data_ptr<scalar_t>(),
+                                     gradc.data_ptr<scalar_t>(), terms.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>());
     });
     return dx;
 }
 
 }  // namespace
 
-void register_loss(pybind11::module_& m) {
-    m.def("ssim_forward", &ssim_forward, "SSIM map and local moments (CPU; see ssim_cpu.cpp)", pybind11::arg("x"),
-          pybind11::arg("y"), pybind11::arg("window"));
-    m.def("ssim_backward", &ssim_backward, "Gradient of the SSIM map with respect to the first image (CPU)",
-          pybind11::arg("x"), pybind11::arg("y"), pybind11::arg("window"), pybind11::arg("moments"),
-          pybind11::arg("grad"));
+// CPU only: on a GPU, gsplat_kit/train/losses.py computes SSIM with torch ops (schema: csrc/bindings.cpp).
+TORCH_LIBRARY_IMPL(gsplat_kit, CPU, m) {
+    m.impl("ssim_forward", TORCH_FN(ssim_forward));
+    m.impl("ssim_backward", TORCH_FN(ssim_backward));
 }

@@ -5,13 +5,15 @@
 
 #include <cstdint>
 
+#include "gk_launch.cuh"
+
 namespace gk {
 
 constexpr int kThreads = 256;
 
 inline unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
-inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
+// Sum over the 32 lanes of a full warp (every lane calls it; lane 0 holds the total).
 template <typename T> __device__ __forceinline__ T warp_sum(T v) {
     for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
     return v;

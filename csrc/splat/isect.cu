@@ -9,12 +9,6 @@
 
 namespace gk {
 
-static int tile_bits_of(const TileGrid& g) {
-    int bits = 0;
-    while ((int64_t(1) << bits) < int64_t(g.tiles_w) * g.tiles_h) ++bits;
-    return bits;
-}
-
 template <typename T>
 __global__ void isect_count_kernel(TileGrid g, int N, const T* means2d, const int32_t* radii, int32_t* tiles_per_gauss) {
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -81,7 +75,7 @@ template <typename T>
 void isect_count_cuda(const TileGrid& g, int N, const T* means2d, const int32_t* radii, int32_t* tiles_per_gauss, void* stream) {
     const int64_t n = int64_t(g.C) * N;
     if (n == 0) return;
-    isect_count_kernel<T><<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(g, N, means2d, radii, tiles_per_gauss);
+    launch(isect_count_kernel<T>, blocks_for(n), kThreads, 0, stream, g, N, means2d, radii, tiles_per_gauss);
 }
 
 template <typename T>
@@ -89,16 +83,17 @@ void isect_fill_sorted_cuda(const TileGrid& g, int N, const T* means2d, const in
                             const int64_t* cum_tiles, int64_t n_isects, int64_t* keys_tmp, int32_t* ids_tmp,
                             void* sort_temp, size_t sort_temp_bytes, int key_bits, int64_t* isect_ids,
                             int32_t* flatten_ids, int32_t* isect_offsets, void* stream) {
-    cudaStream_t s = as_stream(stream);
-    const int tile_bits = tile_bits_of(g);
+    const int64_t per_cam = int64_t(g.tiles_w) * g.tiles_h;
+    const int tile_bits = isect_key_bits(g.C, per_cam).tile;
     const int64_t n = int64_t(g.C) * N;
-    isect_emit_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(g, N, means2d, radii, depths, cum_tiles, tile_bits, keys_tmp, ids_tmp);
+    launch(isect_emit_kernel<T>, blocks_for(n), kThreads, 0, stream, g, N, means2d, radii, depths, cum_tiles, tile_bits,
+           keys_tmp, ids_tmp);
     // Radix sort is stable: equal depths keep Gaussian order, as on the CPU.
     cub::DeviceRadixSort::SortPairs(sort_temp, sort_temp_bytes, (const uint64_t*)keys_tmp, (uint64_t*)isect_ids,
-                                    (const int32_t*)ids_tmp, flatten_ids, n_isects, 0, key_bits, s);
-    const int64_t per_cam = int64_t(g.tiles_w) * g.tiles_h;
-    tile_offsets_kernel<<<blocks_for(n_isects), kThreads, 0, s>>>(n_isects, isect_ids, int64_t(g.C) * per_cam, tile_bits,
-                                                                  per_cam, isect_offsets);
+                                    (const int32_t*)ids_tmp, flatten_ids, n_isects, 0, key_bits,
+                                    static_cast<cudaStream_t>(stream));
+    launch(tile_offsets_kernel, blocks_for(n_isects), kThreads, 0, stream, n_isects, (const int64_t*)isect_ids,
+           int64_t(g.C) * per_cam, tile_bits, per_cam, isect_offsets);
 }
 
 template void isect_count_cuda<float>(const TileGrid&, int, const float*, const int32_t*, int32_t*, void*);

@@ -9,12 +9,6 @@
 
 namespace gk {
 
-static int tile_bits_of(const TileGrid& g) {
-    int bits = 0;
-    while ((int64_t(1) << bits) < int64_t(g.tiles_w) * g.tiles_h) ++bits;
-    return bits;
-}
-
 template <typename T>
 int64_t isect_count_cpu(const TileGrid& g, int N, const T* means2d, const int32_t* radii, int32_t* tiles_per_gauss) {
     int64_t total = 0;
@@ -37,7 +31,7 @@ template <typename T>
 void isect_fill_sorted_cpu(const TileGrid& g, int N, const T* means2d, const int32_t* radii, const T* depths,
                            int64_t n_isects, int64_t* isect_ids, int32_t* flatten_ids, int32_t* isect_offsets) {
     const int64_t n_tiles = int64_t(g.tiles_w) * g.tiles_h;
-    const int tile_bits = tile_bits_of(g);
+    const int tile_bits = isect_key_bits(g.C, n_tiles).tile;
     // 1. intersections per (camera, tile); 2. exclusive scan -> offsets
     std::vector<int64_t> cursor(int64_t(g.C) * n_tiles + 1, 0);
     for (int64_t i = 0; i < int64_t(g.C) * N; ++i) {

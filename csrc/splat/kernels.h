@@ -18,14 +18,46 @@ struct TileGrid {
     int C, tile_size, tiles_w, tiles_h, width, height;
 };
 
+// Tile sizes the kernels take: a CUDA block is one tile of whole warps (8x8 .. 32x32 pixels).
+constexpr bool tile_size_supported(int tile_size) { return tile_size == 8 || tile_size == 16 || tile_size == 32; }
+// Most colour channels of the CUDA rasteriser (per-thread accumulators in registers; rasterize.cu).
+constexpr int kCudaMaxChannels = 32;
+
+// Pointers of one stage's call, gathered once by the op (splat_ops.cpp) and handed to either backend.
+template <typename T> struct ProjectionFwd {
+    const T *means, *covars, *quats, *scales;  // covars, or quats and scales (the others null)
+    const T *viewmats, *Ks;
+    int32_t* radii;                            // outputs [C, N, ...]
+    T *means2d, *depths, *conics, *comps;
+};
+template <typename T> struct ProjectionBwd {
+    const T *means, *covars, *quats, *scales, *viewmats, *Ks;
+    const int32_t* radii;
+    const T *v_means2d, *v_depths, *v_conics, *v_comps;  // v_comps may be null
+    T *v_means, *v_covars, *v_quats, *v_scales;          // zero-initialised; the unused ones null
+};
+// The binned splats both rasterise passes read: D channels, intersections sorted per tile.
+template <typename T> struct Splats2D {
+    int D;
+    const T *means2d, *conics, *colors, *opacities, *backgrounds;  // backgrounds [C, D] or null
+    const int32_t *isect_offsets, *flatten_ids;
+    int64_t n_isects;
+};
+template <typename T> struct RasterizeFwdOut {
+    T *render_colors, *render_alphas;
+    int32_t* last_ids;
+};
+template <typename T> struct RasterizeBwd {
+    const T* render_alphas;
+    const int32_t* last_ids;
+    const T *v_render_colors, *v_render_alphas;
+    T *v_means2d, *v_means2d_abs, *v_conics, *v_colors, *v_opacities;  // zero-initialised; v_means2d_abs may be null
+};
+
+
 // ---- CPU ---------------------------------------------------------------------------------------------
-template <typename T>
-void projection_fwd_cpu(const ProjectionArgs& a, const T* means, const T* covars, const T* quats, const T* scales,
-                        const T* viewmats, const T* Ks, int32_t* radii, T* means2d, T* depths, T* conics, T* comps);
-template <typename T>
-void projection_bwd_cpu(const ProjectionArgs& a, const T* means, const T* covars, const T* quats, const T* scales,
-                        const T* viewmats, const T* Ks, const int32_t* radii, const T* v_means2d, const T* v_depths,
-                        const T* v_conics, const T* v_comps, T* v_means, T* v_covars, T* v_quats, T* v_scales);
+template <typename T> void projection_fwd_cpu(const ProjectionArgs& a, const ProjectionFwd<T>& p);
+template <typename T> void projection_bwd_cpu(const ProjectionArgs& a, const ProjectionBwd<T>& p);
 
 template <typename T>
 void sh_fwd_cpu(int degree, int64_t M, int K, const T* dirs, const T* coeffs, int64_t coeff_period, T* colors);
@@ -42,27 +74,15 @@ template <typename T>
 void isect_fill_sorted_cpu(const TileGrid& g, int N, const T* means2d, const int32_t* radii, const T* depths,
                            int64_t n_isects, int64_t* isect_ids, int32_t* flatten_ids, int32_t* isect_offsets);
 
-template <typename T>
-void rasterize_fwd_cpu(const TileGrid& g, int D, const T* means2d, const T* conics, const T* colors, const T* opacities,
-                       const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
-                       T* render_colors, T* render_alphas, int32_t* last_ids);
-// Gradients per camera-Gaussian [C*N, ...], zero-initialised by the caller. (Tiles accumulate into
-// per-intersection buffers, so they never write the same memory, then those are summed in order.)
-template <typename T>
-void rasterize_bwd_cpu(const TileGrid& g, int D, const T* means2d, const T* conics, const T* colors, const T* opacities,
-                       const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
-                       const T* render_alphas, const int32_t* last_ids, const T* v_render_colors, const T* v_render_alphas,
-                       T* v_means2d, T* v_means2d_abs, T* v_conics, T* v_colors, T* v_opacities);
+template <typename T> void rasterize_fwd_cpu(const TileGrid& g, const Splats2D<T>& s, const RasterizeFwdOut<T>& o);
+// Gradients per camera-Gaussian [C*N, ...]. (Tiles accumulate into per-intersection buffers, so they
+// never write the same memory, then those are summed in order.)
+template <typename T> void rasterize_bwd_cpu(const TileGrid& g, const Splats2D<T>& s, const RasterizeBwd<T>& b);
 
-// ---- CUDA (compiled when GSPLAT_KIT_WITH_CUDA; pointers are device pointers, stream is cudaStream_t) --
-template <typename T>
-void projection_fwd_cuda(const ProjectionArgs& a, const T* means, const T* covars, const T* quats, const T* scales,
-                         const T* viewmats, const T* Ks, int32_t* radii, T* means2d, T* depths, T* conics, T* comps,
-                         void* stream);
-template <typename T>
-void projection_bwd_cuda(const ProjectionArgs& a, const T* means, const T* covars, const T* quats, const T* scales,
-                         const T* viewmats, const T* Ks, const int32_t* radii, const T* v_means2d, const T* v_depths,
-                         const T* v_conics, const T* v_comps, T* v_means, T* v_covars, T* v_quats, T* v_scales, void* stream);
+// ---- CUDA (compiled when GSPLAT_KIT_WITH_CUDA, or by the SIMT harness; device pointers; stream is a
+// cudaStream_t). Launch errors are checked by the caller (splat_ops.cpp). -------------------------------
+template <typename T> void projection_fwd_cuda(const ProjectionArgs& a, const ProjectionFwd<T>& p, void* stream);
+template <typename T> void projection_bwd_cuda(const ProjectionArgs& a, const ProjectionBwd<T>& p, void* stream);
 template <typename T>
 void sh_fwd_cuda(int degree, int64_t M, int K, const T* dirs, const T* coeffs, int64_t coeff_period, T* colors, void* stream);
 template <typename T>
@@ -79,15 +99,9 @@ void isect_fill_sorted_cuda(const TileGrid& g, int N, const T* means2d, const in
                             void* sort_temp, size_t sort_temp_bytes, int key_bits, int64_t* isect_ids,
                             int32_t* flatten_ids, int32_t* isect_offsets, void* stream);
 template <typename T>
-void rasterize_fwd_cuda(const TileGrid& g, int D, const T* means2d, const T* conics, const T* colors, const T* opacities,
-                        const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
-                        T* render_colors, T* render_alphas, int32_t* last_ids, void* stream);
-// Accumulates (atomically) into per camera-Gaussian gradients [C*N, ...].
+void rasterize_fwd_cuda(const TileGrid& g, const Splats2D<T>& s, const RasterizeFwdOut<T>& o, void* stream);
+// Accumulates (atomically) into the per camera-Gaussian gradients.
 template <typename T>
-void rasterize_bwd_cuda(const TileGrid& g, int D, const T* means2d, const T* conics, const T* colors, const T* opacities,
-                        const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
-                        const T* render_alphas, const int32_t* last_ids, const T* v_render_colors,
-                        const T* v_render_alphas, T* v_means2d, T* v_means2d_abs, T* v_conics, T* v_colors,
-                        T* v_opacities, void* stream);
+void rasterize_bwd_cuda(const TileGrid& g, const Splats2D<T>& s, const RasterizeBwd<T>& b, void* stream);
 
 }  // namespace gk

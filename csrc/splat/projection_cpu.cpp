@@ -5,9 +5,8 @@
 
 namespace gk {
 
-template <typename T>
-void projection_fwd_cpu(const ProjectionArgs& a, const T* means, const T* covars, const T* quats, const T* scales,
-                        const T* viewmats, const T* Ks, int32_t* radii, T* means2d, T* depths, T* conics, T* comps) {
+template <typename T> void projection_fwd_cpu(const ProjectionArgs& a, const ProjectionFwd<T>& p) {
+    const T *means = p.means, *covars = p.covars, *quats = p.quats, *scales = p.scales, *viewmats = p.viewmats, *Ks = p.Ks;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < a.N; ++n) {
         Mat3<T> cov = world_covariance(n, covars, quats, scales);
@@ -17,16 +16,17 @@ void projection_fwd_cpu(const ProjectionArgs& a, const T* means, const T* covars
             Vec3<T> t;
             load_viewmat(viewmats + c * 16, R, t);
             Camera<T> cam = load_camera(Ks + c * 9, a.width, a.height);
-            Projected<T> p = project_gaussian(mean, cov, R, t, cam, T(a.eps2d), T(a.near_plane), T(a.far_plane), T(a.radius_clip));
-            store_projected(p, int64_t(c) * a.N + n, radii, means2d, depths, conics, comps);
+            Projected<T> pr = project_gaussian(mean, cov, R, t, cam, T(a.eps2d), T(a.near_plane), T(a.far_plane), T(a.radius_clip));
+            store_projected(pr, int64_t(c) * a.N + n, p.radii, p.means2d, p.depths, p.conics, p.comps);
         }
     }
 }
 
-template <typename T>
-void projection_bwd_cpu(const ProjectionArgs& a, const T* means, const T* covars, const T* quats, const T* scales,
-                        const T* viewmats, const T* Ks, const int32_t* radii, const T* v_means2d, const T* v_depths,
-                        const T* v_conics, const T* v_comps, T* v_means, T* v_covars, T* v_quats, T* v_scales) {
+template <typename T> void projection_bwd_cpu(const ProjectionArgs& a, const ProjectionBwd<T>& p) {
+    const T *means = p.means, *covars = p.covars, *quats = p.quats, *scales = p.scales, *viewmats = p.viewmats, *Ks = p.Ks;
+    const int32_t* radii = p.radii;
+    const T *v_means2d = p.v_means2d, *v_depths = p.v_depths, *v_conics = p.v_conics, *v_comps = p.v_comps;
+    T *v_means = p.v_means, *v_covars = p.v_covars, *v_quats = p.v_quats, *v_scales = p.v_scales;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < a.N; ++n) {
         Mat3<T> cov = world_covariance(n, covars, quats, scales);
@@ -61,14 +61,9 @@ void projection_bwd_cpu(const ProjectionArgs& a, const T* means, const T* covars
     }
 }
 
-#define GK_INSTANTIATE(T)                                                                                         \
-    template void projection_fwd_cpu<T>(const ProjectionArgs&, const T*, const T*, const T*, const T*, const T*,  \
-                                        const T*, int32_t*, T*, T*, T*, T*);                                       \
-    template void projection_bwd_cpu<T>(const ProjectionArgs&, const T*, const T*, const T*, const T*, const T*,  \
-                                        const T*, const int32_t*, const T*, const T*, const T*, const T*, T*, T*, \
-                                        T*, T*);
-GK_INSTANTIATE(float)
-GK_INSTANTIATE(double)
-#undef GK_INSTANTIATE
+template void projection_fwd_cpu<float>(const ProjectionArgs&, const ProjectionFwd<float>&);
+template void projection_fwd_cpu<double>(const ProjectionArgs&, const ProjectionFwd<double>&);
+template void projection_bwd_cpu<float>(const ProjectionArgs&, const ProjectionBwd<float>&);
+template void projection_bwd_cpu<double>(const ProjectionArgs&, const ProjectionBwd<double>&);
 
 }  // namespace gk

@@ -1,12 +1,19 @@
-// Rasterisation on CUDA: one block per tile, one thread per pixel; the tile's Gaussians are staged in
-// shared memory in batches (as in graphdeco's forward.cu / backward.cu). The per-pixel math is
-// gk_blend.h, shared with rasterize_cpu.cpp. Colour channels are a template bound (1..32) so the
-// per-pixel accumulators live in registers.
+// Rasterisation on CUDA: one block per tile, one thread per pixel (8x8, 16x16 or 32x32 tiles: blocks
+// of whole warps); the tile's Gaussians are staged in shared memory in batches of at most kBatch (as
+// in graphdeco's forward.cu / backward.cu). The per-pixel math is gk_blend.h, shared with
+// rasterize_cpu.cpp. Colour channels are a template bound (1..32) so the per-pixel accumulators live
+// in registers.
+#include <type_traits>
+
 #include "cuda_common.cuh"
 #include "gk_blend.h"
 #include "kernels.h"
 
 namespace gk {
+
+// Splats staged per batch: 256 x 48 bytes (float64) fits the default 48 KiB of shared memory, also
+// for 32x32 tiles, whose 1024 threads then load a batch with their first 256.
+constexpr int kBatch = 256;
 
 template <typename T> struct SplatShared {
     int32_t id;
@@ -14,17 +21,16 @@ template <typename T> struct SplatShared {
     T conic[3];
 };
 
-template <typename T>
-__device__ __forceinline__ SplatShared<T> load_splat(int32_t gid, const T* means2d, const T* conics, const T* opacities) {
-    SplatShared<T> s;
-    s.id = gid;
-    s.mx = means2d[int64_t(gid) * 2];
-    s.my = means2d[int64_t(gid) * 2 + 1];
-    s.opacity = opacities[gid];
-    s.conic[0] = conics[int64_t(gid) * 3];
-    s.conic[1] = conics[int64_t(gid) * 3 + 1];
-    s.conic[2] = conics[int64_t(gid) * 3 + 2];
-    return s;
+template <typename T> __device__ __forceinline__ SplatShared<T> load_splat(int32_t gid, const Splats2D<T>& s) {
+    SplatShared<T> r;
+    r.id = gid;
+    r.mx = s.means2d[int64_t(gid) * 2];
+    r.my = s.means2d[int64_t(gid) * 2 + 1];
+    r.opacity = s.opacities[gid];
+    r.conic[0] = s.conics[int64_t(gid) * 3];
+    r.conic[1] = s.conics[int64_t(gid) * 3 + 1];
+    r.conic[2] = s.conics[int64_t(gid) * 3 + 2];
+    return r;
 }
 
 // This thread's pixel (block = tile, blockIdx.z = camera) and its tile's run of intersections.
@@ -35,8 +41,7 @@ template <typename T> struct TilePixel {
     int64_t start, end;
 };
 
-template <typename T>
-__device__ __forceinline__ TilePixel<T> tile_pixel(const TileGrid& g, const int32_t* isect_offsets, int64_t n_isects) {
+template <typename T> __device__ __forceinline__ TilePixel<T> tile_pixel(const TileGrid& g, const Splats2D<T>& s) {
     TilePixel<T> p;
     p.cam = blockIdx.z;
     p.x = blockIdx.x * g.tile_size + threadIdx.x % g.tile_size;
@@ -46,39 +51,32 @@ __device__ __forceinline__ TilePixel<T> tile_pixel(const TileGrid& g, const int3
     p.py = T(p.y) + T(0.5);
     const int64_t n_tiles = int64_t(g.C) * g.tiles_w * g.tiles_h;
     const int64_t t = int64_t(p.cam) * g.tiles_w * g.tiles_h + blockIdx.y * g.tiles_w + blockIdx.x;
-    p.start = isect_offsets[t];
-    p.end = t + 1 < n_tiles ? isect_offsets[t + 1] : n_isects;
+    p.start = s.isect_offsets[t];
+    p.end = t + 1 < n_tiles ? s.isect_offsets[t + 1] : s.n_isects;
     return p;
 }
 
-template <typename T, int CMAX>
-__global__ void rasterize_fwd_kernel(TileGrid g, int D, const T* means2d, const T* conics, const T* colors,
-                                     const T* opacities, const T* backgrounds, const int32_t* isect_offsets,
-                                     const int32_t* flatten_ids, int64_t n_isects, T* render_colors, T* render_alphas,
-                                     int32_t* last_ids) {
-    extern __shared__ unsigned char smem_raw[];
-    SplatShared<T>* batch = reinterpret_cast<SplatShared<T>*>(smem_raw);
-    const TilePixel<T> tp = tile_pixel<T>(g, isect_offsets, n_isects);
-    const int cam = tp.cam, x = tp.x, y = tp.y;
-    const bool inside = tp.inside;
-    const T px = tp.px, py = tp.py;
-    const int64_t start = tp.start, end = tp.end;
-    const int block = blockDim.x;
+// MAXT: the launch's block size bound (__launch_bounds__), so 32x32 tiles compile to fit 1024 threads.
+template <typename T, int CMAX, int MAXT>
+__global__ void __launch_bounds__(MAXT) rasterize_fwd_kernel(TileGrid g, Splats2D<T> s, RasterizeFwdOut<T> o) {
+    GK_DYNAMIC_SHARED(SplatShared<T>, batch);
+    const TilePixel<T> tp = tile_pixel<T>(g, s);
+    const int block = blockDim.x, batch_size = min(block, kBatch), D = s.D;
 
     T trans = T(1);
     T acc[CMAX];
     for (int d = 0; d < CMAX; ++d) acc[d] = T(0);
     int32_t last = -1;
-    bool done = !inside;
-    for (int64_t b0 = start; b0 < end; b0 += block) {
+    bool done = !tp.inside;
+    for (int64_t b0 = tp.start; b0 < tp.end; b0 += batch_size) {
         if (__syncthreads_count(done) == block) break;
         const int64_t k = b0 + threadIdx.x;
-        if (k < end) batch[threadIdx.x] = load_splat(flatten_ids[k], means2d, conics, opacities);
+        if (int(threadIdx.x) < batch_size && k < tp.end) batch[threadIdx.x] = load_splat(s.flatten_ids[k], s);
         __syncthreads();
-        const int count = int(min(int64_t(block), end - b0));
+        const int count = int(min(int64_t(batch_size), tp.end - b0));
         for (int j = 0; j < count && !done; ++j) {
-            const SplatShared<T>& s = batch[j];
-            const T alpha = splat_alpha(s.opacity, gauss_sigma(s.conic, s.mx - px, s.my - py)).alpha;
+            const SplatShared<T>& sp = batch[j];
+            const T alpha = splat_alpha(sp.opacity, gauss_sigma(sp.conic, sp.mx - tp.px, sp.my - tp.py)).alpha;
             if (alpha == T(0)) continue;
             const T next_T = trans * (T(1) - alpha);
             if (next_T < T(kTransmittanceMin)) {
@@ -86,48 +84,41 @@ __global__ void rasterize_fwd_kernel(TileGrid g, int D, const T* means2d, const 
                 break;
             }
             const T w = alpha * trans;
-            const T* col = colors + int64_t(s.id) * D;
+            const T* col = s.colors + int64_t(sp.id) * D;
             for (int d = 0; d < D; ++d) acc[d] += w * col[d];
             trans = next_T;
             last = int32_t(b0 + j);
         }
         __syncthreads();
     }
-    if (!inside) return;
-    const int64_t pix = (int64_t(cam) * g.height + y) * g.width + x;
+    if (!tp.inside) return;
+    const int64_t pix = (int64_t(tp.cam) * g.height + tp.y) * g.width + tp.x;
     for (int d = 0; d < D; ++d)
-        render_colors[pix * D + d] = acc[d] + (backgrounds ? trans * backgrounds[int64_t(cam) * D + d] : T(0));
-    render_alphas[pix] = T(1) - trans;
-    last_ids[pix] = last;
+        o.render_colors[pix * D + d] = acc[d] + (s.backgrounds ? trans * s.backgrounds[int64_t(tp.cam) * D + d] : T(0));
+    o.render_alphas[pix] = T(1) - trans;
+    o.last_ids[pix] = last;
 }
 
-template <typename T, int CMAX>
-__global__ void rasterize_bwd_kernel(TileGrid g, int D, const T* means2d, const T* conics, const T* colors,
-                                     const T* opacities, const T* backgrounds, const int32_t* isect_offsets,
-                                     const int32_t* flatten_ids, int64_t n_isects, const T* render_alphas,
-                                     const int32_t* last_ids, const T* v_render_colors, const T* v_render_alphas,
-                                     T* v_means2d, T* v_means2d_abs, T* v_conics, T* v_colors, T* v_opacities) {
-    extern __shared__ unsigned char smem_raw[];
-    SplatShared<T>* batch = reinterpret_cast<SplatShared<T>*>(smem_raw);
-    const TilePixel<T> tp = tile_pixel<T>(g, isect_offsets, n_isects);
-    const int cam = tp.cam, x = tp.x, y = tp.y;
+template <typename T, int CMAX, int MAXT>
+__global__ void __launch_bounds__(MAXT) rasterize_bwd_kernel(TileGrid g, Splats2D<T> s, RasterizeBwd<T> b) {
+    GK_DYNAMIC_SHARED(SplatShared<T>, batch);
+    const TilePixel<T> tp = tile_pixel<T>(g, s);
+    const int cam = tp.cam, D = s.D;
     const bool inside = tp.inside;
-    const T px = tp.px, py = tp.py;
-    const int64_t start = tp.start, end = tp.end;
-    const int block = blockDim.x;
-    const int64_t pix = (int64_t(cam) * g.height + (inside ? y : 0)) * g.width + (inside ? x : 0);
+    const int block = blockDim.x, batch_size = min(block, kBatch);
+    const int64_t pix = (int64_t(cam) * g.height + (inside ? tp.y : 0)) * g.width + (inside ? tp.x : 0);
 
-    T t_final = inside ? T(1) - render_alphas[pix] : T(1);
+    T t_final = inside ? T(1) - b.render_alphas[pix] : T(1);
     T trans = t_final;
-    int32_t last = inside ? last_ids[pix] : -1;
+    int32_t last = inside ? b.last_ids[pix] : -1;
     T v_out[CMAX], behind[CMAX];
     T bg_dot = 0;
     for (int d = 0; d < CMAX; ++d) v_out[d] = behind[d] = T(0);
     for (int d = 0; d < D; ++d) {
-        v_out[d] = inside ? v_render_colors[pix * D + d] : T(0);
-        if (backgrounds) bg_dot += backgrounds[int64_t(cam) * D + d] * v_out[d];
+        v_out[d] = inside ? b.v_render_colors[pix * D + d] : T(0);
+        if (s.backgrounds) bg_dot += s.backgrounds[int64_t(cam) * D + d] * v_out[d];
     }
-    const T v_a = inside ? v_render_alphas[pix] : T(0);
+    const T v_a = inside ? b.v_render_alphas[pix] : T(0);
     // The block only needs to walk back from the last splat any of its pixels blended.
     __shared__ int32_t block_last;
     if (threadIdx.x == 0) block_last = -1;
@@ -137,31 +128,31 @@ __global__ void rasterize_bwd_kernel(TileGrid g, int D, const T* means2d, const 
     const int64_t stop = block_last + 1;  // one past the last intersection to visit
     const int lane = threadIdx.x % 32;
 
-    for (int64_t b1 = stop; b1 > start; b1 -= block) {
-        const int64_t b0 = max(start, b1 - block);
+    for (int64_t b1 = stop; b1 > tp.start; b1 -= batch_size) {
+        const int64_t b0 = max(tp.start, b1 - batch_size);
         const int count = int(b1 - b0);
         __syncthreads();
-        if (threadIdx.x < count) {  // batch[j] holds intersection b1 - 1 - j (back to front)
-            batch[threadIdx.x] = load_splat(flatten_ids[b1 - 1 - threadIdx.x], means2d, conics, opacities);
+        if (int(threadIdx.x) < count) {  // batch[j] holds intersection b1 - 1 - j (back to front)
+            batch[threadIdx.x] = load_splat(s.flatten_ids[b1 - 1 - threadIdx.x], s);
         }
         __syncthreads();
         for (int j = 0; j < count; ++j) {
-            const SplatShared<T>& s = batch[j];
+            const SplatShared<T>& sp = batch[j];
             const int64_t k = b1 - 1 - j;
             T v_mean[2] = {0, 0}, v_con[3] = {0, 0, 0}, v_op = 0;
             T v_col[CMAX];
             for (int d = 0; d < CMAX; ++d) v_col[d] = T(0);
             bool contributes = false;
             if (k <= last) {
-                const T dx = s.mx - px, dy = s.my - py;
-                const SplatAlpha<T> sa = splat_alpha(s.opacity, gauss_sigma(s.conic, dx, dy));
+                const T dx = sp.mx - tp.px, dy = sp.my - tp.py;
+                const SplatAlpha<T> sa = splat_alpha(sp.opacity, gauss_sigma(sp.conic, dx, dy));
                 const T alpha = sa.alpha;
                 if (alpha != T(0)) {
                     contributes = true;
                     const T ra = T(1) / (T(1) - alpha);
                     trans *= ra;
                     const T fac = alpha * trans;
-                    const T* col = colors + int64_t(s.id) * D;
+                    const T* col = s.colors + int64_t(sp.id) * D;
                     T v_alpha = 0;
                     for (int d = 0; d < D; ++d) {
                         v_col[d] = fac * v_out[d];
@@ -169,7 +160,7 @@ __global__ void rasterize_bwd_kernel(TileGrid g, int D, const T* means2d, const 
                         behind[d] += col[d] * fac;
                     }
                     v_alpha += t_final * ra * (v_a - bg_dot);
-                    const SplatGrad<T> gr = splat_alpha_vjp(s.opacity, sa.vis, s.conic, dx, dy, v_alpha);
+                    const SplatGrad<T> gr = splat_alpha_vjp(sp.opacity, sa.vis, sp.conic, dx, dy, v_alpha);
                     for (int i = 0; i < 3; ++i) v_con[i] = gr.conic[i];
                     v_mean[0] = gr.mean[0];
                     v_mean[1] = gr.mean[1];
@@ -186,72 +177,65 @@ __global__ void rasterize_bwd_kernel(TileGrid g, int D, const T* means2d, const 
             T r_op = warp_sum(v_op);
             for (int d = 0; d < D; ++d) v_col[d] = warp_sum(v_col[d]);
             if (lane == 0) {
-                const int64_t gid = s.id;
-                atomicAdd(v_means2d + gid * 2, r_m0);
-                atomicAdd(v_means2d + gid * 2 + 1, r_m1);
-                if (v_means2d_abs) {
-                    atomicAdd(v_means2d_abs + gid * 2, r_a0);
-                    atomicAdd(v_means2d_abs + gid * 2 + 1, r_a1);
+                const int64_t gid = sp.id;
+                atomicAdd(b.v_means2d + gid * 2, r_m0);
+                atomicAdd(b.v_means2d + gid * 2 + 1, r_m1);
+                if (b.v_means2d_abs) {
+                    atomicAdd(b.v_means2d_abs + gid * 2, r_a0);
+                    atomicAdd(b.v_means2d_abs + gid * 2 + 1, r_a1);
                 }
-                atomicAdd(v_conics + gid * 3, r_c0);
-                atomicAdd(v_conics + gid * 3 + 1, r_c1);
-                atomicAdd(v_conics + gid * 3 + 2, r_c2);
-                atomicAdd(v_opacities + gid, r_op);
-                for (int d = 0; d < D; ++d) atomicAdd(v_colors + gid * D + d, v_col[d]);
+                atomicAdd(b.v_conics + gid * 3, r_c0);
+                atomicAdd(b.v_conics + gid * 3 + 1, r_c1);
+                atomicAdd(b.v_conics + gid * 3 + 2, r_c2);
+                atomicAdd(b.v_opacities + gid, r_op);
+                for (int d = 0; d < D; ++d) atomicAdd(b.v_colors + gid * D + d, v_col[d]);
             }
         }
     }
 }
 
-// Channel bound dispatch: the smallest compiled bound >= D.
-template <typename T, typename F> void with_channel_bound(int D, F&& f) {
-    if (D <= 1) f(std::integral_constant<int, 1>());
-    else if (D <= 2) f(std::integral_constant<int, 2>());
-    else if (D <= 3) f(std::integral_constant<int, 3>());
-    else if (D <= 4) f(std::integral_constant<int, 4>());
-    else if (D <= 8) f(std::integral_constant<int, 8>());
-    else if (D <= 16) f(std::integral_constant<int, 16>());
-    else f(std::integral_constant<int, 32>());
+// The launch of one rasterise kernel: block = tile, channel bound = the smallest compiled bound >= D
+// (the op checks D <= kCudaMaxChannels and the tile size), block size bound by the tile size.
+template <typename F> void with_launch_bounds(const TileGrid& g, int D, F&& f) {
+    auto by_tile = [&](auto cmax) {
+        if (g.tile_size == 32) f(cmax, std::integral_constant<int, 1024>());
+        else f(cmax, std::integral_constant<int, 256>());
+    };
+    if (D <= 1) by_tile(std::integral_constant<int, 1>());
+    else if (D <= 2) by_tile(std::integral_constant<int, 2>());
+    else if (D <= 3) by_tile(std::integral_constant<int, 3>());
+    else if (D <= 4) by_tile(std::integral_constant<int, 4>());
+    else if (D <= 8) by_tile(std::integral_constant<int, 8>());
+    else if (D <= 16) by_tile(std::integral_constant<int, 16>());
+    else by_tile(std::integral_constant<int, kCudaMaxChannels>());
+}
+
+template <typename T> size_t batch_bytes(const TileGrid& g) {
+    const int threads = g.tile_size * g.tile_size;
+    return sizeof(SplatShared<T>) * size_t(threads < kBatch ? threads : kBatch);
 }
 
 template <typename T>
-void rasterize_fwd_cuda(const TileGrid& g, int D, const T* means2d, const T* conics, const T* colors, const T* opacities,
-                        const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
-                        T* render_colors, T* render_alphas, int32_t* last_ids, void* stream) {
-    dim3 grid(g.tiles_w, g.tiles_h, g.C);
-    const int threads = g.tile_size * g.tile_size;
-    const size_t smem = sizeof(SplatShared<T>) * threads;
-    with_channel_bound<T>(D, [&](auto bound) {
-        rasterize_fwd_kernel<T, decltype(bound)::value><<<grid, threads, smem, as_stream(stream)>>>(
-            g, D, means2d, conics, colors, opacities, backgrounds, isect_offsets, flatten_ids, n_isects, render_colors,
-            render_alphas, last_ids);
+void rasterize_fwd_cuda(const TileGrid& g, const Splats2D<T>& s, const RasterizeFwdOut<T>& o, void* stream) {
+    const dim3 grid(g.tiles_w, g.tiles_h, g.C);
+    with_launch_bounds(g, s.D, [&](auto cmax, auto maxt) {
+        launch(rasterize_fwd_kernel<T, decltype(cmax)::value, decltype(maxt)::value>, grid, g.tile_size * g.tile_size,
+               batch_bytes<T>(g), stream, g, s, o);
     });
 }
 
 template <typename T>
-void rasterize_bwd_cuda(const TileGrid& g, int D, const T* means2d, const T* conics, const T* colors, const T* opacities,
-                        const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
-                        const T* render_alphas, const int32_t* last_ids, const T* v_render_colors,
-                        const T* v_render_alphas, T* v_means2d, T* v_means2d_abs, T* v_conics, T* v_colors,
-                        T* v_opacities, void* stream) {
-    dim3 grid(g.tiles_w, g.tiles_h, g.C);
-    const int threads = g.tile_size * g.tile_size;
-    const size_t smem = sizeof(SplatShared<T>) * threads;
-    with_channel_bound<T>(D, [&](auto bound) {
-        rasterize_bwd_kernel<T, decltype(bound)::value><<<grid, threads, smem, as_stream(stream)>>>(
-            g, D, means2d, conics, colors, opacities, backgrounds, isect_offsets, flatten_ids, n_isects, render_alphas,
-            last_ids, v_render_colors, v_render_alphas, v_means2d, v_means2d_abs, v_conics, v_colors, v_opacities);
+void rasterize_bwd_cuda(const TileGrid& g, const Splats2D<T>& s, const RasterizeBwd<T>& b, void* stream) {
+    const dim3 grid(g.tiles_w, g.tiles_h, g.C);
+    with_launch_bounds(g, s.D, [&](auto cmax, auto maxt) {
+        launch(rasterize_bwd_kernel<T, decltype(cmax)::value, decltype(maxt)::value>, grid, g.tile_size * g.tile_size,
+               batch_bytes<T>(g), stream, g, s, b);
     });
 }
 
-#define GK_INSTANTIATE(T)                                                                                           \
-    template void rasterize_fwd_cuda<T>(const TileGrid&, int, const T*, const T*, const T*, const T*, const T*,     \
-                                        const int32_t*, const int32_t*, int64_t, T*, T*, int32_t*, void*);          \
-    template void rasterize_bwd_cuda<T>(const TileGrid&, int, const T*, const T*, const T*, const T*, const T*,     \
-                                        const int32_t*, const int32_t*, int64_t, const T*, const int32_t*, const T*, \
-                                        const T*, T*, T*, T*, T*, T*, void*);
-GK_INSTANTIATE(float)
-GK_INSTANTIATE(double)
-#undef GK_INSTANTIATE
+template void rasterize_fwd_cuda<float>(const TileGrid&, const Splats2D<float>&, const RasterizeFwdOut<float>&, void*);
+template void rasterize_fwd_cuda<double>(const TileGrid&, const Splats2D<double>&, const RasterizeFwdOut<double>&, void*);
+template void rasterize_bwd_cuda<float>(const TileGrid&, const Splats2D<float>&, const RasterizeBwd<float>&, void*);
+template void rasterize_bwd_cuda<double>(const TileGrid&, const Splats2D<double>&, const RasterizeBwd<double>&, void*);
 
 }  // namespace gk

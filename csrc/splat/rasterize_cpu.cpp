@@ -66,65 +66,78 @@ template <typename T> void reachable_rows(const T conic[3], T opacity, T my, con
     r1 = std::min(tv.h - 1, int(std::ceil(hi)));
 }
 
-// One tile row (TS pixels) against one splat; returns the number of pixels that became opaque and
-// stopped. Branch-free over restrict arrays so that a compiler can vectorise it across the row (GCC 12
-// still emits scalar code here; see the note in BENCHMARKS.md). TSC: the tile size when known at
-// compile time (16), else 0.
-template <typename T, int DC, int TSC>
-int composite_row(int TS_, int D, const T* __restrict px, const T* __restrict py, T* __restrict trans,
-                  T* __restrict live, int32_t* __restrict last, T* __restrict acc, T mx, T my, T ca,
-                  T cb, T cc, T opac, const T* __restrict col, int32_t k) {
-    const int TS = TSC ? TSC : TS_;
-    const int acc_stride = TS * TS;
-    const int nd = DC ? DC : D;
-    T stops = 0;  // a float count: an int reduction beside float lanes blocks vectorisation
-#pragma omp simd reduction(+ : stops)
-    for (int c = 0; c < TS; ++c) {
-        const T alpha = splat_alpha(opac, gauss_sigma(ca, cb, cc, mx - px[c], my - py[c])).alpha;
-        const bool ok = (live[c] != T(0)) & (alpha != T(0));
-        const T next_T = trans[c] * (T(1) - alpha);
-        const bool stop = ok & (next_T < T(kTransmittanceMin));  // would make the pixel opaque: stop before it
-        const bool blend = ok & !stop;
-        const T w = blend ? alpha * trans[c] : T(0);
-        for (int d = 0; d < nd; ++d) acc[size_t(d) * acc_stride + c] += w * col[d];
-        trans[c] = blend ? next_T : trans[c];
-        last[c] = blend ? k : last[c];
-        live[c] = stop ? T(0) : live[c];
-        stops += stop ? T(1) : T(0);
+// The lanes the row loops below step over, so that each loop is written once: one pixel (any scalar type,
+// any tile size), or kLanes float pixels in a GCC vector (gk_common.h, simd) when the tile row is whole
+// vectors. GCC leaves a per-pixel loop of this math scalar (see BENCHMARKS.md), hence the vectors; the
+// gk_blend.h functions take both. Masks: bool-valued ints per pixel, -1/0 lanes per vector; both work
+// with &, ~ and ?: as the loops use them.
+template <typename T> struct ScalarLanes {
+    using V = T;
+    using Mask = int;  // also a count of true lanes, as a sum of masks
+    static constexpr int kWidth = 1;
+    static V load(const T* p) { return *p; }
+    static int32_t load(const int32_t* p) { return *p; }
+    static void store(T* p, V v) { *p = v; }
+    static void store(int32_t* p, int32_t v) { *p = v; }
+    static V broadcast(T x) { return x; }
+    static int32_t broadcast(int32_t x) { return x; }
+    static int count(Mask stops) { return stops; }
+    static T sum(V v) { return v; }
+    static V abs(V v) { return std::abs(v); }
+};
+struct VectorLanes {
+    using V = simd::VF;
+    using Mask = simd::VI;  // a sum of masks counts -1 per true lane
+    static constexpr int kWidth = simd::kLanes;
+    static V load(const float* p) { return simd::load(p); }
+    static simd::VI load(const int32_t* p) { return simd::load(p); }
+    static void store(float* p, V v) { simd::store(p, v); }
+    static void store(int32_t* p, simd::VI v) { simd::store(p, v); }
+    static V broadcast(float x) { return V{} + x; }
+    static simd::VI broadcast(int32_t x) { return simd::VI{} + x; }
+    static int count(Mask stops) { return simd::count(stops); }
+    static float sum(V v) { return simd::sum(v); }
+    static V abs(V v) { return simd::abs(v); }
+};
+
+// Vectors for float rows of whole vectors, single pixels otherwise.
+template <typename T, typename F> void with_lanes(int tile_size, F&& f) {
+    if constexpr (std::is_same_v<T, float>) {
+        if (tile_size % VectorLanes::kWidth == 0) return f(VectorLanes());
     }
-    return int(stops);
+    f(ScalarLanes<T>());
 }
 
-// composite_row for float and 16-pixel rows, written with explicit vectors (GCC leaves the loop above
-// scalar): the same math through the same gk_blend.h functions, kLanes pixels at a time.
-template <int DC>
-int composite_row_vec(int D, const float* px, const float* py, float* trans, float* live, int32_t* last, float* acc,
-                      float mx, float my, float ca, float cb, float cc, float opac, const float* col, int32_t k) {
-    using namespace simd;
-    constexpr int TS = 16;
-    static_assert(TS % kLanes == 0, "a row is whole vectors");
+// One tile row (TS pixels) against one splat; returns the number of pixels that became opaque and
+// stopped. acc holds channel d of the row's pixels at d * acc_stride.
+template <typename L, typename T, int DC>
+int composite_row(int TS, int D, int acc_stride, const T* __restrict px, const T* __restrict py, T* __restrict trans,
+                  T* __restrict live, int32_t* __restrict last, T* __restrict acc, T mx, T my, T ca, T cb, T cc, T opac,
+                  const T* __restrict col, int32_t k) {
+    using V = typename L::V;
     const int nd = DC ? DC : D;
-    const VF a = VF{} + ca, b = VF{} + cb, c2 = VF{} + cc, o = VF{} + opac;
-    VI stops{};
-    for (int c = 0; c < TS; c += kLanes) {
-        const VF alpha = splat_alpha(o, gauss_sigma(a, b, c2, mx - load(px + c), my - load(py + c))).alpha;
-        const VF tr = load(trans + c), lv = load(live + c);
-        const VI ok = (lv != 0.f) & (alpha != 0.f);
-        const VF next_T = tr * (1.f - alpha);
-        const VI stop = ok & (next_T < kTransmittanceMin);  // would make the pixel opaque: stop before it
-        const VI blend = ok & ~stop;
-        const VF w = blend ? alpha * tr : VF{};
-        for (int d = 0; d < nd; ++d) store(acc + d * TS * TS + c, load(acc + d * TS * TS + c) + w * col[d]);
-        store(trans + c, blend ? next_T : tr);
-        store(last + c, blend ? VI{} + k : load(last + c));
-        store(live + c, stop ? VF{} : lv);
+    const V a = L::broadcast(ca), b = L::broadcast(cb), c2 = L::broadcast(cc), o = L::broadcast(opac);
+    typename L::Mask stops{};
+    for (int c = 0; c < TS; c += L::kWidth) {
+        const V alpha = splat_alpha(o, gauss_sigma(a, b, c2, mx - L::load(px + c), my - L::load(py + c))).alpha;
+        const V tr = L::load(trans + c), lv = L::load(live + c);
+        const typename L::Mask ok = (lv != T(0)) & (alpha != T(0));
+        const V next_T = tr * (T(1) - alpha);
+        const typename L::Mask stop = ok & (next_T < T(kTransmittanceMin));  // would make the pixel opaque: stop before it
+        const typename L::Mask blend = ok & ~stop;
+        const V w = blend ? alpha * tr : V{};
+        for (int d = 0; d < nd; ++d) L::store(acc + d * acc_stride + c, L::load(acc + d * acc_stride + c) + w * col[d]);
+        L::store(trans + c, blend ? next_T : tr);
+        L::store(last + c, blend ? L::broadcast(k) : L::load(last + c));
+        L::store(live + c, stop ? V{} : lv);
         stops += stop;
     }
-    return count(stops);
+    return L::count(stops);
 }
 
-// DC: compile-time channel count (1..4) so the channel loops unroll; 0 = runtime D.
-template <typename T, int DC, int TSC>
+// DC: compile-time channel count (1..4) so the channel loops unroll; 0 = runtime D. TSC: the tile size
+// when known at compile time (16), else 0.
+template <typename L, typename T, int DC, int TSC>
 void rasterize_fwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* conics, const T* colors, const T* opacities,
                          const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
                          T* render_colors, T* render_alphas, int32_t* last_ids) {
@@ -168,18 +181,12 @@ void rasterize_fwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* c
                 }
                 int r0, r1;
                 reachable_rows(conic, opac, my, tv, r0, r1);
-                const T ca = conic[0], cb = conic[1], cc = conic[2];
                 for (int r = r0; r <= r1; ++r) {
                     if (row_live[r] == 0) continue;
                     const int base = r * TS;
-                    int stops;
-                    if constexpr (std::is_same_v<T, float> && TSC == 16)
-                        stops = composite_row_vec<DC>(D, px + base, py + base, trans + base, live + base, last + base,
-                                                      acc + base, mx, my, ca, cb, cc, opac, DC ? col : colp, int32_t(k));
-                    else
-                        stops = composite_row<T, DC, TSC>(TS, D, px + base, py + base, trans + base, live + base,
-                                                          last + base, acc + base, mx, my, ca, cb, cc, opac,
-                                                          DC ? col : colp, int32_t(k));
+                    const int stops = composite_row<L, T, DC>(TS, D, TP, px + base, py + base, trans + base, live + base,
+                                                              last + base, acc + base, mx, my, conic[0], conic[1], conic[2],
+                                                              opac, DC ? col : colp, int32_t(k));
                     row_live[r] -= stops;
                     active -= stops;
                 }
@@ -201,41 +208,39 @@ void rasterize_fwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* c
 // write the same memory; they are summed per Gaussian afterwards, in order (deterministic).
 constexpr int kRecordFixed = 8;  // mean2d (2), |mean2d| (2), conic (3), opacity (1); then D colour values
 
-// One row of the backward for float and 16-pixel rows (the scalar loop in rasterize_bwd_tiles, with
-// explicit vectors): undoes this splat's blend for the row's pixels and adds its gradient terms, per
-// lane, to sums (laid out like a record: kRecordFixed + D vectors), which the caller reduces once per
-// splat. Arrays are offset to the row; channel d of behind / v_out lies d * TP further.
-template <int DC>
-void backward_row_vec(int D, int TP, const float* px, const float* py, float* trans, const float* t_final,
-                      const float* v_a, const float* bg_dot, const float* lastf, float* behind, const float* v_out,
-                      float mx, float my, const simd::VF conic[3], simd::VF opac, const float* col, float kf,
-                      simd::VF* sums) {
-    using namespace simd;
-    constexpr int TS = 16;
+// One row of the backward: undoes this splat's blend for the row's pixels and adds its gradient terms,
+// per lane, to sums (laid out like a record: kRecordFixed + D lanes), which the caller reduces once per
+// splat (horizontal sums per row cost more than the math). Arrays are offset to the row; channel d of
+// behind / v_out lies d * TP further.
+template <typename L, typename T, int DC>
+void backward_row(int TS, int D, int TP, const T* px, const T* py, T* trans, const T* t_final, const T* v_a,
+                  const T* bg_dot, const T* lastf, T* behind, const T* v_out, T mx, T my, const typename L::V conic[3],
+                  typename L::V opac, const T* col, T kf, typename L::V* sums) {
+    using V = typename L::V;
     const int nd = DC ? DC : D;
-    for (int c = 0; c < TS; c += kLanes) {
-        const VF dx = mx - load(px + c), dy = my - load(py + c);
-        const SplatAlpha<VF> sa = splat_alpha(opac, gauss_sigma(conic[0], conic[1], conic[2], dx, dy));
-        const VF alpha = kf <= load(lastf + c) ? sa.alpha : VF{};  // only splats the pixel blended
-        const VF ra = 1.f / (1.f - alpha);
-        const VF tr = load(trans + c) * ra;  // transmittance in front of this splat
-        store(trans + c, tr);
-        const VF fac = alpha * tr;
-        VF v_alpha{};
+    for (int c = 0; c < TS; c += L::kWidth) {
+        const V dx = mx - L::load(px + c), dy = my - L::load(py + c);
+        const SplatAlpha<V> sa = splat_alpha(opac, gauss_sigma(conic[0], conic[1], conic[2], dx, dy));
+        const V alpha = kf <= L::load(lastf + c) ? sa.alpha : V{};  // only splats the pixel blended
+        const V ra = T(1) / (T(1) - alpha);
+        const V tr = L::load(trans + c) * ra;  // transmittance in front of this splat
+        L::store(trans + c, tr);
+        const V fac = alpha * tr;
+        V v_alpha{};
         for (int d = 0; d < nd; ++d) {
-            float* bh = behind + d * TP + c;
-            const VF vo = load(v_out + d * TP + c), bd = load(bh);
+            T* bh = behind + d * TP + c;
+            const V vo = L::load(v_out + d * TP + c), bd = L::load(bh);
             sums[kRecordFixed + d] += fac * vo;
             v_alpha += (col[d] * tr - bd * ra) * vo;
-            store(bh, bd + col[d] * fac);
+            L::store(bh, bd + col[d] * fac);
         }
-        v_alpha += load(t_final + c) * ra * (load(v_a + c) - load(bg_dot + c));
-        v_alpha = alpha != 0.f ? v_alpha : VF{};
-        const SplatGrad<VF> gr = splat_alpha_vjp(opac, sa.vis, conic, dx, dy, v_alpha);
+        v_alpha += L::load(t_final + c) * ra * (L::load(v_a + c) - L::load(bg_dot + c));
+        v_alpha = alpha != T(0) ? v_alpha : V{};
+        const SplatGrad<V> gr = splat_alpha_vjp(opac, sa.vis, conic, dx, dy, v_alpha);
         sums[0] += gr.mean[0];
         sums[1] += gr.mean[1];
-        sums[2] += abs(gr.mean[0]);
-        sums[3] += abs(gr.mean[1]);
+        sums[2] += L::abs(gr.mean[0]);
+        sums[3] += L::abs(gr.mean[1]);
         sums[4] += gr.conic[0];
         sums[5] += gr.conic[1];
         sums[6] += gr.conic[2];
@@ -243,19 +248,21 @@ void backward_row_vec(int D, int TP, const float* px, const float* py, float* tr
     }
 }
 
-template <typename T, int DC>
+template <typename L, typename T, int DC>
 void rasterize_bwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* conics, const T* colors, const T* opacities,
                          const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
                          const T* render_alphas, const int32_t* last_ids, const T* v_render_colors, const T* v_render_alphas,
                          T* records) {
+    using V = typename L::V;
     const int D = DC ? DC : D_;
     const int stride = kRecordFixed + D;
     const int TS = g.tile_size, TP = TS * TS;
     const int64_t n_tiles = int64_t(g.C) * g.tiles_w * g.tiles_h;
 #pragma omp parallel
     {
-        std::vector<T> buf(size_t(TP) * (8 + 2 * D) + size_t(TS) * (6 + D));
+        std::vector<T> buf(size_t(TP) * (7 + 2 * D));
         std::vector<T> row_last(TS);  // last splat any pixel of the row blended
+        std::vector<V> sums(stride);  // per-lane gradient sums of the current splat
         T* __restrict px = buf.data();
         T* __restrict py = px + TP;
         T* __restrict trans = py + TP;
@@ -263,20 +270,8 @@ void rasterize_bwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* c
         T* __restrict v_a = t_final + TP;
         T* __restrict bg_dot = v_a + TP;
         T* __restrict lastf = bg_dot + TP;
-        T* __restrict behind = lastf + TP;          // [D][TP]
+        T* __restrict behind = lastf + TP;              // [D][TP]
         T* __restrict v_out = behind + size_t(D) * TP;  // [D][TP]
-        // per-pixel gradient terms of the current splat, for one row, reduced after the row
-        T* __restrict s_m0 = v_out + size_t(D) * TP;
-        T* __restrict s_m1 = s_m0 + TS;
-        T* __restrict s_c0 = s_m1 + TS;
-        T* __restrict s_c1 = s_c0 + TS;
-        T* __restrict s_c2 = s_c1 + TS;
-        T* __restrict s_op = s_c2 + TS;
-        T* __restrict s_col = s_op + TS;            // [D][TS]
-        // float, 16-pixel rows: explicit vectors (backward_row_vec), their per-lane sums reduced per splat
-        const bool vec_rows = std::is_same_v<T, float> && TS == 16;
-        std::vector<simd::VF> sums_(vec_rows ? stride : 0);
-        simd::VF* sums = sums_.data();
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < n_tiles; ++t) {
             const TileView tv = tile_view(g, t, isect_offsets, n_isects);
@@ -309,7 +304,6 @@ void rasterize_bwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* c
                 const int64_t gid = flatten_ids[k];
                 const T mx = means2d[gid * 2], my = means2d[gid * 2 + 1];
                 const T conic[3] = {conics[gid * 3], conics[gid * 3 + 1], conics[gid * 3 + 2]};
-                const T ca = conic[0], cb = conic[1], cc = conic[2];
                 const T opac = opacities[gid];
                 const T* colp = colors + gid * D;
                 T col[DC ? DC : 1];
@@ -317,77 +311,19 @@ void rasterize_bwd_tiles(const TileGrid& g, int D_, const T* means2d, const T* c
                     for (int d = 0; d < DC; ++d) col[d] = colp[d];
                 }
                 const T kf = T(k);
-                T* rec = records + size_t(k) * stride;
-                for (int i = 0; i < stride; ++i) rec[i] = 0;
                 int r0, r1;
                 reachable_rows(conic, opac, my, tv, r0, r1);
-                const simd::VF conic_v[3] = {simd::VF{} + float(ca), simd::VF{} + float(cb), simd::VF{} + float(cc)};
-                const simd::VF opac_v = simd::VF{} + float(opac);
-                if (vec_rows)
-                    for (int i = 0; i < stride; ++i) sums[i] = simd::VF{};
+                const V conic_v[3] = {L::broadcast(conic[0]), L::broadcast(conic[1]), L::broadcast(conic[2])};
+                std::fill(sums.begin(), sums.end(), V{});
                 for (int r = r0; r <= r1; ++r) {
                     if (kf > row_last[r]) continue;
                     const int base = r * TS;
-                    if constexpr (std::is_same_v<T, float>) {
-                        if (vec_rows) {
-                            backward_row_vec<DC>(D, TP, px + base, py + base, trans + base, t_final + base, v_a + base,
-                                                 bg_dot + base, lastf + base, behind + base, v_out + base, mx, my, conic_v,
-                                                 opac_v, DC ? col : colp, kf, sums);
-                            continue;
-                        }
-                    }
-#pragma omp simd
-                    for (int c = 0; c < TS; ++c) {
-                        const int p = base + c;
-                        const T dx = mx - px[p], dy = my - py[p];
-                        const SplatAlpha<T> sa = splat_alpha(opac, gauss_sigma(ca, cb, cc, dx, dy));
-                        const T alpha = kf <= lastf[p] ? sa.alpha : T(0);  // only splats the pixel blended
-                        const bool on = alpha != T(0);
-                        const T ra = T(1) / (T(1) - alpha);
-                        const T tr = trans[p] * ra;  // transmittance in front of this splat
-                        trans[p] = tr;
-                        const T fac = alpha * tr;
-                        T v_alpha = 0;
-                        for (int d = 0; d < D; ++d) {
-                            const T vo = v_out[size_t(d) * TP + p];
-                            const T cd = DC ? col[DC ? d : 0] : colp[d];
-                            s_col[size_t(d) * TS + c] = fac * vo;
-                            v_alpha += (cd * tr - behind[size_t(d) * TP + p] * ra) * vo;
-                            behind[size_t(d) * TP + p] += cd * fac;
-                        }
-                        v_alpha += t_final[p] * ra * (v_a[p] - bg_dot[p]);
-                        v_alpha = on ? v_alpha : T(0);
-                        const SplatGrad<T> gr = splat_alpha_vjp(opac, sa.vis, conic, dx, dy, v_alpha);
-                        s_m0[c] = gr.mean[0];
-                        s_m1[c] = gr.mean[1];
-                        s_c0[c] = gr.conic[0];
-                        s_c1[c] = gr.conic[1];
-                        s_c2[c] = gr.conic[2];
-                        s_op[c] = gr.opacity;
-                    }
-                    T m0 = 0, m1 = 0, a0 = 0, a1 = 0, c0 = 0, c1 = 0, c2 = 0, op = 0;
-#pragma omp simd reduction(+ : m0, m1, a0, a1, c0, c1, c2, op)
-                    for (int c = 0; c < TS; ++c) {
-                        m0 += s_m0[c];
-                        m1 += s_m1[c];
-                        a0 += std::abs(s_m0[c]);
-                        a1 += std::abs(s_m1[c]);
-                        c0 += s_c0[c];
-                        c1 += s_c1[c];
-                        c2 += s_c2[c];
-                        op += s_op[c];
-                    }
-                    rec[0] += m0; rec[1] += m1; rec[2] += a0; rec[3] += a1;
-                    rec[4] += c0; rec[5] += c1; rec[6] += c2; rec[7] += op;
-                    for (int d = 0; d < D; ++d) {
-                        T s = 0;
-#pragma omp simd reduction(+ : s)
-                        for (int c = 0; c < TS; ++c) s += s_col[size_t(d) * TS + c];
-                        rec[kRecordFixed + d] += s;
-                    }
+                    backward_row<L, T, DC>(TS, D, TP, px + base, py + base, trans + base, t_final + base, v_a + base,
+                                           bg_dot + base, lastf + base, behind + base, v_out + base, mx, my, conic_v,
+                                           L::broadcast(opac), DC ? col : colp, kf, sums.data());
                 }
-                if (vec_rows)
-                    for (int i = 0; i < stride; ++i) rec[i] += simd::sum(sums[i]);
+                T* rec = records + size_t(k) * stride;
+                for (int i = 0; i < stride; ++i) rec[i] = L::sum(sums[i]);
             }
         }
     }
@@ -405,59 +341,54 @@ template <typename F> void with_channels(int D, F&& f) {
 
 }  // namespace
 
-template <typename T>
-void rasterize_fwd_cpu(const TileGrid& g, int D, const T* means2d, const T* conics, const T* colors, const T* opacities,
-                       const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
-                       T* render_colors, T* render_alphas, int32_t* last_ids) {
-    with_channels(D, [&](auto dc) {
-        constexpr int DCv = decltype(dc)::value;
-        if (g.tile_size == 16) {
-            rasterize_fwd_tiles<T, DCv, 16>(g, D, means2d, conics, colors, opacities, backgrounds, isect_offsets,
-                                            flatten_ids, n_isects, render_colors, render_alphas, last_ids);
-        } else {
-            rasterize_fwd_tiles<T, DCv, 0>(g, D, means2d, conics, colors, opacities, backgrounds, isect_offsets,
-                                           flatten_ids, n_isects, render_colors, render_alphas, last_ids);
-        }
+template <typename T> void rasterize_fwd_cpu(const TileGrid& g, const Splats2D<T>& s, const RasterizeFwdOut<T>& o) {
+    with_channels(s.D, [&](auto dc) {
+        with_lanes<T>(g.tile_size, [&](auto lanes) {
+            using L = decltype(lanes);
+            constexpr int DCv = decltype(dc)::value;
+            if (g.tile_size == 16) {
+                rasterize_fwd_tiles<L, T, DCv, 16>(g, s.D, s.means2d, s.conics, s.colors, s.opacities, s.backgrounds,
+                                                   s.isect_offsets, s.flatten_ids, s.n_isects, o.render_colors,
+                                                   o.render_alphas, o.last_ids);
+            } else {
+                rasterize_fwd_tiles<L, T, DCv, 0>(g, s.D, s.means2d, s.conics, s.colors, s.opacities, s.backgrounds,
+                                                  s.isect_offsets, s.flatten_ids, s.n_isects, o.render_colors,
+                                                  o.render_alphas, o.last_ids);
+            }
+        });
     });
 }
 
-template <typename T>
-void rasterize_bwd_cpu(const TileGrid& g, int D, const T* means2d, const T* conics, const T* colors, const T* opacities,
-                       const T* backgrounds, const int32_t* isect_offsets, const int32_t* flatten_ids, int64_t n_isects,
-                       const T* render_alphas, const int32_t* last_ids, const T* v_render_colors, const T* v_render_alphas,
-                       T* v_means2d, T* v_means2d_abs, T* v_conics, T* v_colors, T* v_opacities) {
-    const int stride = kRecordFixed + D;
-    std::vector<T> records(size_t(n_isects) * stride, T(0));
+template <typename T> void rasterize_bwd_cpu(const TileGrid& g, const Splats2D<T>& s, const RasterizeBwd<T>& b) {
+    const int D = s.D, stride = kRecordFixed + D;
+    std::vector<T> records(size_t(s.n_isects) * stride, T(0));
     with_channels(D, [&](auto dc) {
-        rasterize_bwd_tiles<T, decltype(dc)::value>(g, D, means2d, conics, colors, opacities, backgrounds, isect_offsets,
-                                                    flatten_ids, n_isects, render_alphas, last_ids, v_render_colors,
-                                                    v_render_alphas, records.data());
+        with_lanes<T>(g.tile_size, [&](auto lanes) {
+            rasterize_bwd_tiles<decltype(lanes), T, decltype(dc)::value>(
+                g, D, s.means2d, s.conics, s.colors, s.opacities, s.backgrounds, s.isect_offsets, s.flatten_ids,
+                s.n_isects, b.render_alphas, b.last_ids, b.v_render_colors, b.v_render_alphas, records.data());
+        });
     });
-    for (int64_t k = 0; k < n_isects; ++k) {
-        const int64_t gid = flatten_ids[k];
-        const T* b = records.data() + size_t(k) * stride;
-        v_means2d[gid * 2] += b[0];
-        v_means2d[gid * 2 + 1] += b[1];
-        if (v_means2d_abs) {
-            v_means2d_abs[gid * 2] += b[2];
-            v_means2d_abs[gid * 2 + 1] += b[3];
+    for (int64_t k = 0; k < s.n_isects; ++k) {
+        const int64_t gid = s.flatten_ids[k];
+        const T* r = records.data() + size_t(k) * stride;
+        b.v_means2d[gid * 2] += r[0];
+        b.v_means2d[gid * 2 + 1] += r[1];
+        if (b.v_means2d_abs) {
+            b.v_means2d_abs[gid * 2] += r[2];
+            b.v_means2d_abs[gid * 2 + 1] += r[3];
         }
-        v_conics[gid * 3] += b[4];
-        v_conics[gid * 3 + 1] += b[5];
-        v_conics[gid * 3 + 2] += b[6];
-        v_opacities[gid] += b[7];
-        for (int d = 0; d < D; ++d) v_colors[gid * D + d] += b[kRecordFixed + d];
+        b.v_conics[gid * 3] += r[4];
+        b.v_conics[gid * 3 + 1] += r[5];
+        b.v_conics[gid * 3 + 2] += r[6];
+        b.v_opacities[gid] += r[7];
+        for (int d = 0; d < D; ++d) b.v_colors[gid * D + d] += r[kRecordFixed + d];
     }
 }
 
-#define GK_INSTANTIATE(T)                                                                                          \
-    template void rasterize_fwd_cpu<T>(const TileGrid&, int, const T*, const T*, const T*, const T*, const T*,     \
-                                       const int32_t*, const int32_t*, int64_t, T*, T*, int32_t*);                 \
-    template void rasterize_bwd_cpu<T>(const TileGrid&, int, const T*, const T*, const T*, const T*, const T*,     \
-                                       const int32_t*, const int32_t*, int64_t, const T*, const int32_t*, const T*, \
-                                       const T*, T*, T*, T*, T*, T*);
-GK_INSTANTIATE(float)
-GK_INSTANTIATE(double)
-#undef GK_INSTANTIATE
+template void rasterize_fwd_cpu<float>(const TileGrid&, const Splats2D<float>&, const RasterizeFwdOut<float>&);
+template void rasterize_fwd_cpu<double>(const TileGrid&, const Splats2D<double>&, const RasterizeFwdOut<double>&);
+template void rasterize_bwd_cpu<float>(const TileGrid&, const Splats2D<float>&, const RasterizeBwd<float>&);
+template void rasterize_bwd_cpu<double>(const TileGrid&, const Splats2D<double>&, const RasterizeBwd<double>&);
 
 }  // namespace gk

@@ -35,14 +35,14 @@ __global__ void sh_bwd_kernel(int degree, int64_t M, int K, const T* dirs, const
 
 template <typename T>
 void sh_fwd_cuda(int degree, int64_t M, int K, const T* dirs, const T* coeffs, int64_t period, T* colors, void* stream) {
-    sh_fwd_kernel<T><<<blocks_for(M), kThreads, 0, as_stream(stream)>>>(degree, M, K, dirs, coeffs, period, colors);
+    launch(sh_fwd_kernel<T>, blocks_for(M), kThreads, 0, stream, degree, M, K, dirs, coeffs, period, colors);
 }
 
 template <typename T>
 void sh_bwd_cuda(int degree, int64_t M, int K, const T* dirs, const T* coeffs, int64_t period, const T* v_colors,
                  T* v_coeffs, T* v_dirs, void* stream) {
-    sh_bwd_kernel<T><<<blocks_for(M), kThreads, 0, as_stream(stream)>>>(degree, M, K, dirs, coeffs, period, v_colors,
-                                                                       v_coeffs, v_dirs);
+    launch(sh_bwd_kernel<T>, blocks_for(M), kThreads, 0, stream, degree, M, K, dirs, coeffs, period, v_colors, v_coeffs,
+           v_dirs);
 }
 
 template void sh_fwd_cuda<float>(int, int64_t, int, const float*, const float*, int64_t, float*, void*);

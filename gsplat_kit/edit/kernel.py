@@ -67,7 +67,7 @@ SDPA_MIN_KEYS = 2048
 def fused_attention(q, k, v, scale: float, heads: int, plan: LayerPlan | None = None):
     from gsplat_kit import _backend
 
-    _C = _backend.load()
+    ops = _backend.ops()
     BH, Q, _ = q.shape
     B = BH // heads
     K = k.shape[1]
@@ -98,6 +98,6 @@ def fused_attention(q, k, v, scale: float, heads: int, plan: LayerPlan | None = 
     else:
         store = None
     col_ptr, rows, vals, c = cols or (None, None, None, None)
-    out = _C.attention_forward(q, k, v, int(heads), float(scale), list(plan.src), list(plan.slot), col_ptr, rows, vals, c,
+    out = ops.attention_forward(q, k, v, int(heads), float(scale), list(plan.src), list(plan.slot), col_ptr, rows, vals, c,
                                store, list(plan.store_idx))
     return out.to(dtype)

@@ -1,5 +1,6 @@
-"""Autograd Functions over the native rasteriser stages (gsplat_kit._C): CPU tensors run the C++
-kernels, CUDA tensors the CUDA kernels. Inputs are assumed validated by `rasterization`."""
+"""Autograd Functions over the native rasteriser ops (torch.ops.gsplat_kit, through _backend.ops()): CPU
+tensors run the C++ kernels, CUDA tensors the CUDA kernels. Inputs are assumed validated by
+`rasterization`."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +9,7 @@ from gsplat_kit import _backend
 
 
 def _c():
-    return _backend.load()
+    return _backend.ops()
 
 
 class _Projection(torch.autograd.Function):

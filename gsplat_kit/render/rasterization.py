@@ -38,7 +38,8 @@ def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
     _check(rasterize_mode in RASTERIZE_MODES, f"rasterize_mode must be one of {RASTERIZE_MODES}, got {rasterize_mode!r}")
     _check(isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0,
            f"width and height must be positive ints, got {width!r} x {height!r}")
-    _check(isinstance(tile_size, int) and tile_size > 0, f"tile_size must be a positive int, got {tile_size!r}")
+    # A CUDA block is one tile, one thread per pixel, in whole warps (csrc/splat/rasterize.cu).
+    _check(isinstance(tile_size, int) and tile_size in (8, 16, 32), f"tile_size must be 8, 16 or 32, got {tile_size!r}")
     _check(means.dim() == 2 and means.shape[-1] == 3, f"means must be [N, 3], got {list(means.shape)}")
     N = means.shape[0]
     if covars is None:
