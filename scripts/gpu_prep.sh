@@ -17,7 +17,8 @@
 #
 # Settings (environment): GPU_PREP_DIR (build/gpu), GPU_TORCH (2.11.0), GPU_ARCH (9.0), GPU_PY312 (a
 # python3.12; found on PATH or under pyenv), MAX_JOBS (compile jobs, default: the number of cores),
-# NICE (19: the compiles yield to other work on a shared machine).
+# NICE (19: the compiles yield to other work on a shared machine), GPU_PREP_COMPILE=0 (compile nothing here:
+# carry gsplat's sources and let gpu_check.sh build both modules on the GPU machine, minutes of its time).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,12 +26,14 @@ cd "$ROOT"
 OUTDIR=${GPU_PREP_DIR:-build/gpu}
 TOOLCHAIN=build/gpu-toolchain
 SRC_COPY=build/gpu-src
+GSPLAT_SRC=build/gpu-gsplat-src
 GPU_TORCH=${GPU_TORCH:-2.11.0}
 GPU_ARCH=${GPU_ARCH:-9.0}
 GSPLAT_VERSION=1.5.3
 SCENE=cup_kwrous
 LIMIT_MIB=60   # of the 64 MiB that travel to the GPU machine; the working tree takes the rest
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+COMPILE=${GPU_PREP_COMPILE:-1}
 NICE="nice -n ${NICE:-19}"
 
 say() { printf '[gpu-prep] %s\n' "$*"; }
@@ -59,7 +62,7 @@ fi
 # that `scripts/gpu_check.sh --dry-run` here imports what the real run will import there: a wheel missing
 # from scripts/gpu_wheels.txt shows up here, not in the lent minutes.
 IMAGE_STANDINS=(pytest==9.2.0 scipy==1.17.1 pillow==13.0.0 imageio==2.38.1 tqdm==4.70.1 opencv-python-headless==5.0.0.93
-                transformers==5.17.0 safetensors==0.8.0 huggingface-hub==1.33.0 jaxtyping==0.3.11 rich==14.3.4)
+                transformers==5.17.0 safetensors==0.8.0 huggingface-hub==1.33.0 jaxtyping==0.3.11 rich==14.3.4 requests==2.34.2)
 if [ "$(cat "$TOOLCHAIN/.standins" 2>/dev/null)" != "${IMAGE_STANDINS[*]}" ]; then
     say "toolchain: the GPU image's packages for the dry run (${#IMAGE_STANDINS[@]})"
     "$PY" -m pip install -q "${IMAGE_STANDINS[@]}" 2>&1 | { grep -v "^WARNING: Location" || true; }
@@ -96,40 +99,63 @@ done
 GSPLAT_WHEEL=$(ls "$OUTDIR"/wheels/gsplat-$GSPLAT_VERSION-cp312-*.whl 2>/dev/null | head -1 || true)
 GSPLAT_STAMP="$OUTDIR/wheels/.gsplat-built-for"
 WANT_STAMP="torch $("$PY" -c 'import torch; print(torch.__version__)') sm_${GPU_ARCH/./}"
-if [ -z "$GSPLAT_WHEEL" ] || [ "$(cat "$GSPLAT_STAMP" 2>/dev/null)" != "$WANT_STAMP" ]; then
+if [ -n "$GSPLAT_WHEEL" ] && [ "$(cat "$GSPLAT_STAMP" 2>/dev/null)" = "$WANT_STAMP" ]; then
+    rm -f "$OUTDIR"/wheels/gsplat-*-py3-none-any.whl
+    say "gsplat $GSPLAT_VERSION: $(basename "$GSPLAT_WHEEL") (built before)"
+elif [ "$COMPILE" = 1 ]; then
     rm -f "$OUTDIR"/wheels/gsplat-*.whl
-    say "gsplat $GSPLAT_VERSION: compiling its CUDA extension for sm_${GPU_ARCH/./} (the longest step; MAX_JOBS=$MAX_JOBS)"
+    # Its sdist, built in a folder that stays (build/gpu-gsplat-src): an interrupted build resumes where it
+    # stopped (ninja), which matters on a busy 2-core machine
+    if [ ! -f "$GSPLAT_SRC/setup.py" ]; then
+        rm -rf "$GSPLAT_SRC" build/gpu-sdist
+        "$PY" -m pip download -q --no-deps --no-binary=:all: --no-build-isolation -d build/gpu-sdist \
+            "gsplat==$GSPLAT_VERSION" 2>&1 | { grep -v "^WARNING: Location" || true; }
+        mkdir -p "$GSPLAT_SRC"
+        tar -xzf build/gpu-sdist/gsplat-$GSPLAT_VERSION.tar.gz -C "$GSPLAT_SRC" --strip-components=1
+    fi
+    say "gsplat $GSPLAT_VERSION: compiling its CUDA extension for sm_${GPU_ARCH/./} in $GSPLAT_SRC (the longest step; MAX_JOBS=$MAX_JOBS)"
     start=$(date +%s)
-    # -s strips the module (gsplat's default); no-build-isolation: against the toolchain's torch
-    $NICE "$PY" -m pip wheel -q --no-deps --no-build-isolation --no-binary gsplat -w "$OUTDIR/wheels" \
-        "gsplat==$GSPLAT_VERSION" 2>&1 | { grep -v "^WARNING: Location" || true; }
+    # gsplat's setup.py strips the module (-s); built against the toolchain's torch
+    (cd "$GSPLAT_SRC" && $NICE "$ROOT/$PY" setup.py -q bdist_wheel -d "$ROOT/$OUTDIR/wheels" 2>&1 \
+        | { grep -vE "^\[[0-9]+/[0-9]+\]|warning" || true; } | tail -20)
     ls "$OUTDIR"/wheels/gsplat-$GSPLAT_VERSION-cp312-*.whl >/dev/null || die "gsplat's wheel was not built"
     echo "$WANT_STAMP" > "$GSPLAT_STAMP"
     say "gsplat $GSPLAT_VERSION: built in $(( $(date +%s) - start )) s"
+else
+    # its wheel from the index holds the sources; gsplat compiles them itself on first use (gpu_check.sh, there)
+    rm -f "$OUTDIR"/wheels/gsplat-*.whl "$GSPLAT_STAMP"
+    "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$OUTDIR/wheels" "gsplat==$GSPLAT_VERSION" 2>&1 \
+        | { grep -v "^WARNING: Location" || true; }
+    say "gsplat $GSPLAT_VERSION: sources only (GPU_PREP_COMPILE=0): gpu_check.sh compiles them there"
 fi
 
 # ---- gsplat_kit._C for CPython 3.12, sm_90 only, portable CPU code -------------------------------------
 # Built in a copy of the sources so that this checkout's own module (another Python, every architecture)
 # is left alone; the copy keeps its object files, so ninja recompiles only what changed (tar keeps mtimes).
-say "gsplat_kit._C: building in $SRC_COPY (sm_${GPU_ARCH/./}, GSPLAT_KIT_PORTABLE=1)"
-mkdir -p "$SRC_COPY"
-rm -rf "$SRC_COPY/csrc" "$SRC_COPY/gsplat_kit" "$SRC_COPY/setup.py"
-tar -c --exclude='*.so' --exclude='__pycache__' --exclude=gsplat_kit/_build_info.json csrc gsplat_kit setup.py \
-    | tar -x -C "$SRC_COPY"
-start=$(date +%s)
-(cd "$SRC_COPY" && GSPLAT_KIT_PORTABLE=1 $NICE "$ROOT/$PY" setup.py -q build_ext --inplace 2>&1 \
-    | { grep -vE "^WARNING: Location|^\[[0-9]+/[0-9]+\]" || true; })
-MODULE=$(ls "$SRC_COPY"/gsplat_kit/_C.cpython-312-*.so 2>/dev/null | head -1 || true)
-[ -n "$MODULE" ] || die "gsplat_kit._C was not built in $SRC_COPY"
-rm -f "$OUTDIR"/native/_C.*.so
-cp "$MODULE" "$SRC_COPY/gsplat_kit/_build_info.json" "$OUTDIR/native/"
-strip --strip-debug "$OUTDIR/native/$(basename "$MODULE")"
-say "gsplat_kit._C: $(basename "$MODULE") in $(( $(date +%s) - start )) s"
-# The copy must load here and carry the CUDA kernels (no GPU here: nothing runs on one)
-(cd "$SRC_COPY" && GSPLAT_KIT_ALLOW_STALE=0 "$ROOT/$PY" -c "
+if [ "$COMPILE" = 1 ]; then
+    say "gsplat_kit._C: building in $SRC_COPY (sm_${GPU_ARCH/./}, GSPLAT_KIT_PORTABLE=1)"
+    mkdir -p "$SRC_COPY"
+    rm -rf "$SRC_COPY/csrc" "$SRC_COPY/gsplat_kit" "$SRC_COPY/setup.py"
+    tar -c --exclude='*.so' --exclude='__pycache__' --exclude=gsplat_kit/_build_info.json csrc gsplat_kit setup.py \
+        | tar -x -C "$SRC_COPY"
+    start=$(date +%s)
+    (cd "$SRC_COPY" && GSPLAT_KIT_PORTABLE=1 $NICE "$ROOT/$PY" setup.py -q build_ext --inplace 2>&1 \
+        | { grep -vE "^WARNING: Location|^\[[0-9]+/[0-9]+\]" || true; })
+    MODULE=$(ls "$SRC_COPY"/gsplat_kit/_C.cpython-312-*.so 2>/dev/null | head -1 || true)
+    [ -n "$MODULE" ] || die "gsplat_kit._C was not built in $SRC_COPY"
+    rm -f "$OUTDIR"/native/_C.*.so
+    cp "$MODULE" "$SRC_COPY/gsplat_kit/_build_info.json" "$OUTDIR/native/"
+    strip --strip-debug "$OUTDIR/native/$(basename "$MODULE")"
+    say "gsplat_kit._C: $(basename "$MODULE") in $(( $(date +%s) - start )) s"
+    # The copy must load here and carry the CUDA kernels (no GPU here: nothing runs on one)
+    (cd "$SRC_COPY" && "$ROOT/$PY" -c "
 from gsplat_kit import _backend
 assert _backend.cuda_compiled(), 'the CUDA kernels were not compiled in'
 print('[gpu-prep] check:', _backend.describe())")
+else
+    rm -f "$OUTDIR"/native/_C.*.so "$OUTDIR"/native/_build_info.json
+    say "gsplat_kit._C: not built (GPU_PREP_COMPILE=0): gpu_check.sh builds it there"
+fi
 
 # ---- a real scene for the benchmarks -------------------------------------------------------------------
 DATA_SRC=${GPU_PREP_DATA:-$(dirname "$ROOT")/shared/data}/$SCENE
@@ -139,20 +165,22 @@ mkdir -p "$OUTDIR/data/$SCENE"
 cp -r "$DATA_SRC/images" "$DATA_SRC/images_4" "$DATA_SRC/sparse" "$OUTDIR/data/$SCENE/"
 
 # ---- manifest and size ---------------------------------------------------------------------------------
-GLIBC_NEEDED=$( (objdump -T "$OUTDIR"/native/_C.*.so; unzip -p "$OUTDIR"/wheels/gsplat-*.whl 'gsplat/csrc*.so' > "$OUTDIR/.gs.so" \
-    && objdump -T "$OUTDIR/.gs.so") 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
+GLIBC_NEEDED=$( { objdump -T "$OUTDIR"/native/_C.*.so; unzip -p "$OUTDIR"/wheels/gsplat-*-cp312-*.whl 'gsplat/csrc*.so' \
+    > "$OUTDIR/.gs.so" && objdump -T "$OUTDIR/.gs.so"; } 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 || true)
 rm -f "$OUTDIR/.gs.so"
 "$PY" - "$OUTDIR" "$GPU_ARCH" "$GLIBC_NEEDED" <<'EOF'
 import glob, json, os, subprocess, sys, time, torch
 out, arch, glibc = sys.argv[1:4]
-info = json.load(open(os.path.join(out, "native", "_build_info.json")))
+info_path = os.path.join(out, "native", "_build_info.json")
+info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+module = glob.glob(os.path.join(out, "native", "_C.*.so"))
 commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 dirty = bool(subprocess.run(["git", "status", "--porcelain", "csrc"], capture_output=True, text=True).stdout.strip())
 manifest = {
     "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": commit, "csrc_uncommitted_changes": dirty,
     "python": "%d.%d" % sys.version_info[:2], "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-    "cuda_arch": arch, "glibc_needed": glibc, "sources_sha256": info["sources_sha256"],
-    "native_module": os.path.basename(glob.glob(os.path.join(out, "native", "_C.*.so"))[0]),
+    "cuda_arch": arch, "glibc_needed": glibc or None, "sources_sha256": info.get("sources_sha256"),
+    "native_module": os.path.basename(module[0]) if module else None,
     "wheels": sorted(os.path.basename(w) for w in glob.glob(os.path.join(out, "wheels", "*.whl"))),
 }
 tmp = os.path.join(out, "manifest.json.tmp")
@@ -161,7 +189,7 @@ with open(tmp, "w") as f:
 os.replace(tmp, os.path.join(out, "manifest.json"))
 EOF
 size_mib=$(( $(du -sb "$OUTDIR" | cut -f1) / 1048576 ))
-say "$OUTDIR: ${size_mib} MiB (limit ${LIMIT_MIB} MiB), needs glibc >= ${GLIBC_NEEDED#GLIBC_}"
+say "$OUTDIR: ${size_mib} MiB (limit ${LIMIT_MIB} MiB)${GLIBC_NEEDED:+, modules need glibc >= ${GLIBC_NEEDED#GLIBC_}}"
 du -sh "$OUTDIR"/* | sed 's/^/[gpu-prep]   /'
 [ "$size_mib" -le "$LIMIT_MIB" ] || die "$OUTDIR is ${size_mib} MiB: over the ${LIMIT_MIB} MiB that can travel with the working tree"
 say "done: carry $OUTDIR to the GPU machine and run 'bash scripts/gpu_check.sh' there (README: On a GPU)"
