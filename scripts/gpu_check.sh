@@ -16,7 +16,7 @@
 # gsplat's extension are built there first with every core, for sm_90 only, and the budget grows by that time
 # up to GPU_CHECK_HARD_S (560 s).
 # Environment: OUT (default build/gpu-out), PYTHON (default python3), GPU_PREP_DIR (build/gpu),
-# GPU_CHECK_BUDGET_S, GPU_CHECK_HARD_S, GPU_TRAIN_STEPS (bench_train steps, 2000).
+# GPU_CHECK_BUDGET_S, GPU_CHECK_HARD_S, GPU_TRAIN_STEPS (steps of both training runs, 1000: five densification rounds).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,7 +34,7 @@ PREP=${GPU_PREP_DIR:-build/gpu}
 OUT=${OUT:-$ROOT/build/gpu-out}
 BUDGET_S=${GPU_CHECK_BUDGET_S:-450}
 HARD_S=${GPU_CHECK_HARD_S:-560}
-TRAIN_STEPS=${GPU_TRAIN_STEPS:-2000}
+TRAIN_STEPS=${GPU_TRAIN_STEPS:-1000}
 ARCH=9.0
 T0=$(date +%s)
 if [ -z "${PYTHON:-}" ] && [ $DRY = 1 ] && [ -x build/gpu-toolchain/bin/python ]; then
@@ -45,6 +45,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 SITE=$WORK/site
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE MAX_JOBS=${MAX_JOBS:-$(nproc)} TORCH_CUDA_ARCH_LIST=$ARCH
 mkdir -p "$OUT"
+rm -f "$OUT"/{gpu_check.log,summary.json,raster.json,attention.json,viewer.json,train.json,train_gsplat.json}
 : > "$WORK/parts.tsv"
 
 say() { printf '[gpu-check] %s\n' "$*"; }
@@ -76,6 +77,7 @@ part() {
 }
 
 gpu_part() { GPU_PART=1 part "$@"; }
+last_ok() { [ "$(tail -1 "$WORK/parts.tsv" | cut -f2)" = ok ]; }
 
 main() {
     say "$(date -u '+%Y-%m-%d %H:%M UTC'); $( [ $DRY = 1 ] && echo 'DRY RUN (CPU only); ')python: $PY; out: $OUT; budget ${BUDGET_S} s"
@@ -128,7 +130,7 @@ import gsplat; print('gsplat', gsplat.__version__, 'extension', _C.__file__, 'in
     gpu_part bench_viewer 90 "$PY" scripts/bench_viewer.py --devices cuda --json "$OUT/viewer.json"
     gpu_part bench_train 120 "$PY" scripts/bench_train.py --device cuda --scenes cup_kwrous --data-root "$PREP/data" \
         --data-factor 1 --steps "$TRAIN_STEPS" --out "$WORK/bench_train" --no-progress
-    [ -f "$WORK/bench_train/results.json" ] && cp "$WORK/bench_train/results.json" "$OUT/train.json"
+    last_ok && cp "$WORK/bench_train/results.json" "$OUT/train.json"
     gpu_part bench_train_gsplat 120 "$PY" scripts/bench_train_gsplat.py --device cuda --data "$PREP/data/cup_kwrous" \
         --data-factor 1 --steps "$TRAIN_STEPS" --json "$OUT/train_gsplat.json"
     # ---- tests whose code takes the GPU when one is visible (the trainer's device "auto") ----------------
