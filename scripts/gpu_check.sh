@@ -178,6 +178,20 @@ native_module() {
 native_report() {
     "$PY" -c "from gsplat_kit import _backend; print(_backend.describe())
 assert _backend.cuda_compiled(), 'gsplat_kit._C has no CUDA kernels'" || record native_cuda_kernels failed 1 0
+    # the module's CPU code (portable x86-64, this machine's CPU) against the PyTorch reference
+    "$PY" -c "
+import torch
+from gsplat_kit import rasterization
+from gsplat_kit.render.reference import rasterization_reference
+g = torch.Generator().manual_seed(0)
+n = 200
+scene = dict(means=torch.randn(n, 3, generator=g) * 0.5 + torch.tensor([0.0, 0.0, 3.0]), quats=torch.randn(n, 4, generator=g),
+             scales=torch.rand(n, 3, generator=g) * 0.1 + 0.02, opacities=torch.rand(n, generator=g),
+             colors=torch.rand(n, 3, generator=g), viewmats=torch.eye(4)[None],
+             Ks=torch.tensor([[[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]]]), width=64, height=48)
+err = (rasterization(**scene)[0] - rasterization_reference(**scene)[0]).abs().max().item()
+print(f'CPU kernels vs the PyTorch reference on 200 Gaussians: max |diff| {err:.1e}')
+assert err < 1e-4, err" || record native_cpu_kernels failed 1 0
     # the GPU code in the module: sm_90 machine code expected (cuobjdump is on the GPU machine)
     command -v cuobjdump >/dev/null && cuobjdump --list-elf gsplat_kit/_C*.so 2>&1 | sed 's/^/  /' | sort -u | head -8
 }
