@@ -22,7 +22,7 @@ _VERB_MODULES = [
     "gsplat_kit.train.cli",      # train, eval, render, export
     "gsplat_kit.viewer.cli",     # view
     "gsplat_kit.edit.cli",       # edit, invert, pnp
-    "gsplat_kit.synth.cli",      # synthesize, distill, train-teacher
+    "gsplat_kit.synth.cli",      # synthesize, distill, prune, train-teacher
 ]
 
 

@@ -183,3 +183,16 @@ def test_cli_user_error_is_one_line_exit_2(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and "missing.ply" in r.stderr
     r = subprocess.run([sys.executable, "-m", "gsplat_kit.cli", "train", "--steps", "abc"], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--steps" in r.stderr
+
+
+def test_run_folder_failed_before_writing_leaves_nothing(tmp_path):
+    out = tmp_path / "new"
+    with pytest.raises(RuntimeError):
+        with RunFolder.claim(out, "train"):
+            raise RuntimeError("bad --data")
+    assert not out.exists()  # created by the claim, nothing written: gone
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError):
+        with RunFolder.claim(tmp_path / "kept", "train"):
+            raise RuntimeError("bad --data")
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())  # the user's folder stays

@@ -20,6 +20,7 @@ from gsplat_kit.scene import load_scene, read_model
 from gsplat_kit.scene.colmap import find_model_dir
 from gsplat_kit.scene.dataset import undistort_image
 from gsplat_kit.scene.images import ImageError
+from train_helpers import SynthView, make_scene
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUP = os.path.join(ROOT, "..", "shared", "data", "cup_kwrous")
@@ -188,23 +189,10 @@ def test_mask_of_another_aspect_is_refused(tmp_path):
 # ---- training ---------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class _MaskedView:
+class _MaskedView(SynthView):
     """A synthetic view with a mask (train_helpers' views have none)."""
-    name: str
-    width: int
-    height: int
-    K: torch.Tensor
-    viewmat: torch.Tensor
-    image: torch.Tensor
-    mask: torch.Tensor
+    mask: torch.Tensor = None
     mask_path: str = "in memory"
-
-    @property
-    def camtoworld(self):
-        return torch.linalg.inv(self.viewmat)
-
-    def load_image(self):
-        return self.image
 
     def load_mask(self):
         return self.mask
@@ -222,8 +210,6 @@ def _one_step(tmp_path, name, scene):
 
 
 def test_masked_pixels_do_not_touch_the_loss_or_gradients(tmp_path):
-    from train_helpers import make_scene
-
     base = make_scene(n_views=6, n_gauss=200, width=48, height=40, test_every=0)
     mask = torch.ones(40, 48)
     mask[:, :20] = 0  # the left 20 columns do not count

@@ -100,7 +100,10 @@ def test_cli_synthesize_writes_class_folders_and_resumes(tmp_path, capsys):
     settings = json.loads((out / "settings.json").read_text())
     assert "natural" in json.dumps(settings) and settings["config"]["gen_channels"] == 16
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
-    assert main(argv) == 0                              # complete: nothing is redone
+    capsys.readouterr()
+    assert main(argv) == 2                              # the folder holds a run: refused without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 0               # complete: nothing is redone
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == mtimes
     capsys.readouterr()
 

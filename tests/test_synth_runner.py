@@ -171,7 +171,8 @@ def test_sigkilled_cli_run_resumes_to_the_same_set(tmp_path):
     proc.wait()
     assert first.exists(), "the run died before committing its first batch"
     assert not (out / "losses.json").exists(), "killed too late to test anything"
-    assert subprocess.run(argv + [str(out)], capture_output=True).returncode == 0
+    assert subprocess.run(argv + [str(out)], capture_output=True).returncode == 2   # a run is there
+    assert subprocess.run(argv + [str(out), "--resume"], capture_output=True).returncode == 0
     assert subprocess.run(argv + [str(tmp_path / "whole")], capture_output=True).returncode == 0
     a, b = _pngs(tmp_path / "whole"), _pngs(out)
     assert sorted(a) == sorted(b) and len(a) == 30

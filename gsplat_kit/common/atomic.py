@@ -20,23 +20,6 @@ def temp_path(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb"):
-    """`with atomic_write(p) as f: ...` writes p all or nothing (fsync'ed before the rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yields a temporary path for writers that want a file name (torch.save, PIL, video encoders); it
     is renamed onto `path` when the block succeeds. The temporary keeps `path`'s suffix, so writers that
@@ -51,6 +34,15 @@ def atomic_path(path: str | os.PathLike):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb"):
+    """`with atomic_write(p) as f: ...` writes p all or nothing (fsync'ed before the rename)."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 @contextlib.contextmanager

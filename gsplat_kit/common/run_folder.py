@@ -14,6 +14,7 @@ edit, invert, pnp, synthesize, distill, ...) takes it:
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
@@ -35,6 +36,7 @@ class RunFolder:
 
     def __init__(self, out: Path, kind: str, mode: str, lock_fd: int, before: set[str], previous: dict | None):
         self.out, self.kind, self.mode = out, kind, mode
+        self.created = False  # set by claim() when it made the folder
         self._lock_fd = lock_fd
         self._before = before
         self._previous = previous
@@ -57,6 +59,7 @@ class RunFolder:
         if out.exists() and not out.is_dir():
             raise UserError(f"{flag} {out}: is a file, not a folder")
         try:
+            created = not out.exists()
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"{flag} {out}: cannot create the folder ({e.strerror or e})") from None
@@ -87,7 +90,9 @@ class RunFolder:
                     raise UserError(f"{flag} {out}: the folder is not empty ({len(before)} entries, e.g. "
                                     f"{sorted(before)[0]!r}); choose an empty or new folder, or pass --overwrite")
                 mode = "new"
-            return cls(out, kind, mode, fd, before, previous)
+            run = cls(out, kind, mode, fd, before, previous)
+            run.created = created
+            return run
         except BaseException:
             os.close(fd)
             raise
@@ -128,12 +133,17 @@ class RunFolder:
     def release(self) -> None:
         """Drops the lock without finishing (a failed run: its files stay for --resume). A new run that
         failed before writing anything takes its marker back, so the folder is as it was (a typo in an
-        input path must not make the next attempt need --overwrite)."""
+        input path must not make the next attempt need --overwrite); a folder it created goes too."""
         if self._lock_fd >= 0:
-            if self.mode == "new" and not self._finished and not self._outputs_now():
+            untouched = self.mode == "new" and not self._finished and not self._outputs_now()
+            if untouched:
                 (self.out / MARKER).unlink(missing_ok=True)
+                (self.out / LOCK).unlink(missing_ok=True)
             os.close(self._lock_fd)
             self._lock_fd = -1
+            if untouched and self.created:
+                with contextlib.suppress(OSError):  # not empty after all: leave it
+                    self.out.rmdir()
 
     def __enter__(self) -> RunFolder:
         return self

@@ -1,12 +1,14 @@
 """Gaussian splats as data: the `Splats` type (gsplat's parameter names, raw parameters as training
-keeps them), its activation, and `load_splats`, the one loader of a .ply, a training checkpoint or a run
-folder (one rule for which file of a folder).
+keeps them), its activation, and `load_splats`, the one loader of a splat file (.ply, compressed .ply,
+.splat, .spz: see gsplat_kit.scene.formats), a training checkpoint or a run folder (one rule for which
+file of a folder).
 
 Raw parameters: means [N,3], quats [N,4] (w, x, y, z, any norm), scales [N,3] (log), opacities [N]
 (logit), sh0 [N,1,3] and shN [N,(d+1)^2-1,3] (SH coefficients).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -155,12 +157,6 @@ def run_folder_file(folder: str | os.PathLike) -> Path:
                          f"in this folder")
 
 
-def _read_ply(path: Path) -> dict:
-    from gsplat_kit.scene.ply import load_ply
-
-    return load_ply(str(path))
-
-
 def _read_checkpoint(path: Path) -> dict:
     from gsplat_kit.common.safe_load import load_torch_data
 
@@ -174,8 +170,21 @@ def _read_checkpoint(path: Path) -> dict:
     return {k.rsplit(".", 1)[-1]: v for k, v in ck.items() if isinstance(v, torch.Tensor)}  # "splats.means" -> "means"
 
 
-# Readers by file suffix: each returns raw parameters (a dict of arrays or tensors).
-READERS = {".ply": _read_ply, **{s: _read_checkpoint for s in CHECKPOINT_SUFFIXES}}
+@functools.cache
+def _readers() -> dict:
+    """Readers by file suffix: each returns raw parameters (a dict of arrays or tensors). A .ply is either
+    layout (the 3DGS one or PlayCanvas' compressed one: the reader tells them apart by the header)."""
+    from gsplat_kit.scene.formats import FORMATS
+
+    files = {f.suffix: f.read for f in FORMATS.values() if f.suffix.count(".") == 1}  # .compressed.ply is a .ply
+    return {**files, **{s: _read_checkpoint for s in CHECKPOINT_SUFFIXES}}
+
+
+def __getattr__(name):
+    # READERS is built on first use: the format modules import this one (SH_C0, Splats)
+    if name == "READERS":
+        return _readers()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_splat_file(path: str | os.PathLike) -> Path:
@@ -191,8 +200,8 @@ def resolve_splat_file(path: str | os.PathLike) -> Path:
 def load_splats(path: str | os.PathLike, device="cpu") -> Splats:
     """Splats from a file (by suffix: see READERS) or a run folder; validated, float32, on `device`."""
     path = resolve_splat_file(path)
-    reader = READERS.get(path.suffix.lower())
+    reader = _readers().get(path.suffix.lower())
     if reader is None:
         raise SplatLoadError(f"{path}: unknown splat file type {path.suffix!r}; known: "
-                             f"{', '.join(sorted(READERS))} or a run folder")
+                             f"{', '.join(sorted(_readers()))} or a run folder")
     return Splats.checked(reader(path), str(path)).to(device)

@@ -6,6 +6,8 @@ Forward hooks on every BatchNorm layer of a classifier compare the batch mean / 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 
@@ -33,15 +35,28 @@ class BNStatsLoss:
         self.weights = [float(first_bn_multiplier)] + [1.0] * (len(layers) - 1)
         self.terms: list[torch.Tensor | None] = [None] * len(layers)
         self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(layers)]
+        self.active = True
 
     def _hook(self, i):
         def fn(module, inputs, output):
+            if not self.active:
+                return
             x = inputs[0]
             dims = [0] + list(range(2, x.ndim))          # per channel, over batch and space
             var, mean = torch.var_mean(x, dims, correction=0)   # biased, as the references; one pass
             self.terms[i] = (torch.linalg.vector_norm(module.running_mean.to(x.dtype) - mean)
                              + torch.linalg.vector_norm(module.running_var.to(x.dtype) - var))
         return fn
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Forward passes in this block leave the terms alone (a pass whose statistics are not part of
+        the loss, e.g. NaturalInversion's reading of the teacher's feature maps, need not compute them)."""
+        was, self.active = self.active, False
+        try:
+            yield
+        finally:
+            self.active = was
 
     def per_layer(self) -> list[torch.Tensor]:
         if any(t is None for t in self.terms):

@@ -1,9 +1,39 @@
-"""`gsplat-kit synthesize | distill | train-teacher`: data-free image synthesis from the command line."""
+"""`gsplat-kit synthesize | distill | prune | train-teacher`: data-free image synthesis from the command line.
+
+Bad input raises `UserError` (or an OSError about a path); the one handler in gsplat_kit/cli.py prints it
+as one line and exits 2. Every numeric option is range-checked here, before any work starts.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import sys
+
+from gsplat_kit.common.errors import UserError
+from gsplat_kit.common.options import check_range, parse_key_values
+
+_ARCHS = ("resnet20", "resnet32", "resnet18", "resnet34")
+_POS = dict(lo=1)                       # a count: >= 1
+_NONNEG = dict(lo=0)
+_RATE = dict(lo=0, lo_open=True)        # a learning rate or temperature: > 0
+# verb -> {argparse dest: check_range keywords}; options left at None are not checked
+RANGES = {
+    "synthesize": {"num_images": _POS, "batch_size": _POS, "iterations": _POS, "seed": _NONNEG, "threads": _NONNEG},
+    "distill": {"epochs": _POS, "batch_size": _POS, "lr": _RATE, "temperature": _RATE, "seed": _NONNEG,
+                "threads": _NONNEG, "test_limit": _POS},
+    "prune": {"ratio": dict(lo=0, hi=1, lo_open=True, hi_open=True), "epochs": _POS, "batch_size": _POS,
+              "lr": _RATE, "temperature": _RATE, "seed": _NONNEG, "threads": _NONNEG, "real": _NONNEG,
+              "test_limit": _POS},
+    "train-teacher": {"epochs": _POS, "batch_size": _POS, "lr": _RATE, "weight_decay": _NONNEG, "seed": _NONNEG,
+                      "threads": _NONNEG, "train_limit": _POS},
+}
+
+
+def check_args(verb: str, args) -> None:
+    for dest, kw in RANGES[verb].items():
+        value = getattr(args, dest)
+        if value is not None:
+            check_range(f"--{dest.replace('_', '-')}", value, **kw)
 
 
 def _quiet_openmp():
@@ -11,32 +41,20 @@ def _quiet_openmp():
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _fail(e: Exception) -> int:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-
-
 def _device(name: str) -> str:
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is visible")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device (cpu | cuda | cuda:N | auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: only cpu and cuda are supported")
     return name
-
-
-def _parse_opts(items) -> dict:
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise ValueError(f"--opt expects KEY=VALUE, got {it!r}")
-        k, v = it.split("=", 1)
-        try:
-            out[k.replace("-", "_")] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.replace("-", "_")] = v
-    return out
 
 
 def _threads(n):
@@ -46,85 +64,136 @@ def _threads(n):
         torch.set_num_threads(int(n))
 
 
-def _synthesize(args) -> int:
-    _quiet_openmp()
-    try:
-        _threads(args.threads)
-        from .runner import synthesize
+def _print_json(res: dict) -> None:
+    print(json.dumps(res, indent=2))
 
-        device = _device(args.device)
-        if args.distributed:   # torchrun sets RANK / WORLD_SIZE / MASTER_ADDR; each rank takes its batches
+
+def _synthesize(args) -> int:
+    check_args("synthesize", args)
+    overrides = parse_key_values(args.opt, "--opt")
+    overrides = {k.replace("-", "_"): v for k, v in overrides.items()}
+    _quiet_openmp()
+    from gsplat_kit.common.run_folder import RunFolder
+
+    from .methods import make_config
+    from .runner import synthesize
+
+    from .models import load_teacher
+
+    make_config(args.method, args.batch_size, args.iterations, **overrides)   # field errors before any work
+    _threads(args.threads)
+    device = _device(args.device)
+    model, meta = load_teacher(args.teacher)      # a bad teacher file is refused before --out is claimed
+    teacher = (model, dict(meta, path=args.teacher))
+    if args.distributed and args.overwrite:
+        raise UserError("--distributed and --overwrite exclude each other (the ranks share one folder)")
+    rank0 = True
+    if args.distributed:   # torchrun sets RANK / WORLD_SIZE / MASTER_ADDR; each rank takes its batches
+        import torch.distributed as dist
+
+        try:
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        except ValueError as e:
+            raise UserError(f"--distributed: {e} (launch with `torchrun --nproc-per-node N -m "
+                            "gsplat_kit.cli synthesize ... --distributed`)") from None
+        if device == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        rank0 = dist.get_rank() == 0
+    # rank 0 claims the folder (lock, resume/overwrite rules); the other ranks write into it beside it
+    run = RunFolder.claim(args.out, "synthesize", resume=args.resume, overwrite=args.overwrite) if rank0 else None
+    try:
+        res = synthesize(teacher, args.method, args.num_images, run.path if run else args.out,
+                         batch_size=args.batch_size, iterations=args.iterations, seed=args.seed, device=device,
+                         progress=not args.no_progress, **overrides)
+        if run is not None:
+            if res.get("complete", True):
+                run.finish()
+            else:
+                run.release()
+    except BaseException:
+        if run is not None:
+            run.release()
+        raise
+    finally:
+        if args.distributed:
             import torch.distributed as dist
 
-            try:
-                dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-            except ValueError as e:
-                raise ValueError(f"--distributed: {e} (launch with `torchrun --nproc-per-node N -m "
-                                 "gsplat_kit.cli synthesize ... --distributed`)") from e
-            if device == "cuda":
-                device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        try:
-            res = synthesize(args.teacher, args.method, args.num_images, args.out, batch_size=args.batch_size,
-                             iterations=args.iterations, seed=args.seed, device=device,
-                             progress=not args.no_progress, **_parse_opts(args.opt))
-        finally:
-            if args.distributed:
-                import torch.distributed as dist
-
-                if dist.is_initialized():
-                    dist.destroy_process_group()
-    except (ValueError, FileNotFoundError) as e:
-        return _fail(e)
+            if dist.is_initialized():
+                dist.destroy_process_group()
     if "rank" not in res or res.get("rank") == 0:
-        keep = {k: v for k, v in res.items() if not isinstance(v, (list, dict))}
-        print(json.dumps(keep, indent=2))
+        _print_json({k: v for k, v in res.items() if not isinstance(v, (list, dict))})
     return 0
 
 
 def _distill(args) -> int:
+    check_args("distill", args)
     _quiet_openmp()
-    try:
-        _threads(args.threads)
-        from .distill import distill
+    from gsplat_kit.common import atomic
+    from gsplat_kit.common.run_folder import RunFolder
 
-        res = distill(args.images, args.teacher, args.student, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, temperature=args.temperature, seed=args.seed, device=_device(args.device),
-                      progress=not args.no_progress, test_limit=args.test_limit, out=args.save_student)
-    except (ValueError, FileNotFoundError) as e:
-        return _fail(e)
-    print(json.dumps(res, indent=2))
+    from .distill import distill
+
+    _threads(args.threads)
+    device = _device(args.device)
+    teacher = _teacher_and_images(args)
+    run = RunFolder.claim(args.out, "distill", overwrite=args.overwrite) if args.out else None
+    with run if run is not None else contextlib.nullcontext():
+        save = args.save_student or (os.path.join(run.path, "student.pt") if run else None)
+        res = distill(args.images, teacher, args.student, epochs=args.epochs, batch_size=args.batch_size,
+                      lr=args.lr, temperature=args.temperature, seed=args.seed, device=device,
+                      progress=not args.no_progress, test_limit=args.test_limit, out=save)
+        if run is not None:
+            atomic.write_json(os.path.join(run.path, "distill.json"), res)
+    _print_json(res)
     if args.json:
-        from pathlib import Path
-
-        p = Path(args.json)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(res, indent=2) + "\n")
-        os.replace(tmp, p)
+        atomic.write_json(args.json, res)
     return 0
 
 
-_ARCHS = ("resnet20", "resnet32", "resnet18", "resnet34")
+def _prune(args) -> int:
+    check_args("prune", args)
+    _quiet_openmp()
+    from gsplat_kit.common.run_folder import RunFolder
+
+    from .prune import prune
+
+    _threads(args.threads)
+    device = _device(args.device)
+    teacher = _teacher_and_images(args)
+    with RunFolder.claim(args.out, "prune", overwrite=args.overwrite) as run:
+        res = prune(teacher, args.images, args.ratio, args.method, out=run.path, epochs=args.epochs,
+                    batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed,
+                    device=device, real=args.real, test_limit=args.test_limit, progress=not args.no_progress)
+    _print_json({k: v for k, v in res.items() if k not in ("before", "after")} |
+                {"params": [res["before"]["params"], res["after"]["params"]],
+                 "macs": [res["before"]["macs"], res["after"]["macs"]]})
+    return 0
+
+
+def _teacher_and_images(args):
+    """The teacher and a check that --images fits it, before an output folder is claimed."""
+    from .distill import load_synthetic
+    from .models import load_teacher
+
+    model, meta = load_teacher(args.teacher)
+    meta = dict(meta, path=args.teacher)
+    load_synthetic(args.images, int(meta["num_classes"]), int(meta["image_size"]), meta.get("classes"))
+    return model, meta
 
 
 def _train_teacher(args) -> int:
+    check_args("train-teacher", args)
     _quiet_openmp()
-    try:
-        from .models import build_model
+    from pathlib import Path
 
-        build_model(args.arch)              # fail on a bad arch before decoding the data set
-        if args.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-        args.device = _device(args.device)
-        from pathlib import Path
+    from .models import build_model
 
-        Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
-        from .teacher import run
-    except (ValueError, FileNotFoundError) as e:
-        return _fail(e)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as e:
-        return _fail(e)
+    build_model(args.arch)              # fail on a bad arch before decoding the data set
+    args.device = _device(args.device)
+    Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
+    from .teacher import run
+
+    return run(args)
 
 
 def register(subparsers) -> None:
@@ -132,7 +201,7 @@ def register(subparsers) -> None:
         "synthesize", help="images from a classifier alone (NaturalInversion / DeepInversion)",
         description="Synthesise N images that a classifier takes for its classes, batch by batch: PNGs in "
                     "OUT/<class>/, settings.json, per-batch losses in OUT/batches/, losses.json when done. "
-                    "Re-running the same command resumes at the next unfinished batch.")
+                    "An interrupted run continues at the next unfinished batch with --resume.")
     p.add_argument("--teacher", required=True, help="teacher checkpoint (.pt; see train-teacher)")
     p.add_argument("--method", choices=("natural", "deep"), default="natural")
     p.add_argument("--num-images", type=int, required=True)
@@ -146,6 +215,7 @@ def register(subparsers) -> None:
                    help="override a config field, e.g. --opt bn_weight=5 --opt use_ftp=false (repeatable)")
     p.add_argument("--distributed", action="store_true",
                    help="join torch.distributed (launch with torchrun); ranks take disjoint batches")
+    _folder_flags(p, resume=True)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_synthesize)
 
@@ -157,19 +227,31 @@ def register(subparsers) -> None:
                     "images, Inception-style score with the teacher).")
     p.add_argument("--images", required=True, help="folder of <class>/*.png (from synthesize)")
     p.add_argument("--teacher", required=True)
+    _kd_flags(p, epochs=100, lr=0.1)
     p.add_argument("--student", default="resnet20", choices=_ARCHS)
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--test-limit", type=int, default=None, help="evaluate on this many test images (balanced)")
+    p.add_argument("--out", default=None, help="output folder for student.pt and distill.json")
     p.add_argument("--save-student", default=None, help="write the student checkpoint here")
     p.add_argument("--json", default=None, help="also write the report to this file")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.set_defaults(func=_distill)
+
+    p = subparsers.add_parser(
+        "prune", help="prune a classifier's filters, fine-tune it on synthesised images only",
+        description="Structured (filter) pruning of the teacher with torch-pruning, then fine-tuning of the "
+                    "pruned network on the images of --images only, by distillation from the unpruned "
+                    "teacher. Reports parameters and MACs before/after and test accuracy before and after "
+                    "fine-tuning (and after fine-tuning on --real N real images, the reference). Writes "
+                    "OUT/pruned.pt (a teacher file) and OUT/prune.json.")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--images", required=True, help="folder of <class>/*.png (from synthesize)")
+    p.add_argument("--ratio", type=float, required=True, help="fraction of filters to remove, in (0, 1)")
+    p.add_argument("--method", choices=("l1", "taylor"), default="l1",
+                   help="filter importance: L1 norm (data-free) or Taylor (|w x grad| on the images)")
+    p.add_argument("--out", required=True, help="output folder")
+    _kd_flags(p, epochs=30, lr=0.01)
+    p.add_argument("--real", type=int, default=0, help="also fine-tune on N real training images (reference)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.set_defaults(func=_prune)
 
     p = subparsers.add_parser(
         "train-teacher", help="train a CIFAR-10 classifier (the teacher to invert)",
@@ -186,3 +268,22 @@ def register(subparsers) -> None:
     p.add_argument("--train-limit", type=int, default=None, help="use only this many training images")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_teacher)
+
+
+def _folder_flags(p, resume: bool):
+    g = p.add_mutually_exclusive_group()
+    if resume:
+        g.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+    g.add_argument("--overwrite", action="store_true", help="replace the run in --out (at the end)")
+
+
+def _kd_flags(p, epochs: int, lr: float):
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--test-limit", type=int, default=None, help="evaluate on this many test images (balanced)")
+    p.add_argument("--no-progress", action="store_true")

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gsplat_kit.common.atomic import atomic_write
+from gsplat_kit.common.errors import UserError
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
@@ -23,11 +26,8 @@ def cache_dir() -> Path:
 
 
 def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path, "wb") as f:
         np.save(f, arr)
-    os.replace(tmp, path)
 
 
 def list_classes(split_dir: Path) -> list[str]:
@@ -40,10 +40,10 @@ def load_image_folder(folder, size: int | None = None) -> tuple[np.ndarray, np.n
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+        raise FileNotFoundError(2, "image folder not found", str(folder))
     classes = list_classes(folder)
     if not classes:
-        raise ValueError(f"{folder}: no class sub-folders")
+        raise UserError(f"{folder}: no class sub-folders")
     xs, ys = [], []
     for ci, c in enumerate(classes):
         for p in sorted((folder / c).iterdir()):
@@ -51,25 +51,25 @@ def load_image_folder(folder, size: int | None = None) -> tuple[np.ndarray, np.n
                 continue
             img = Image.open(p).convert("RGB")
             if size is not None and img.size != (size, size):
-                raise ValueError(f"{p}: image is {img.size[0]}x{img.size[1]}, expected {size}x{size}")
+                raise UserError(f"{p}: image is {img.size[0]}x{img.size[1]}, expected {size}x{size}")
             xs.append(np.asarray(img, dtype=np.uint8))
             ys.append(ci)
     if not xs:
-        raise ValueError(f"{folder}: no images")
+        raise UserError(f"{folder}: no images")
     shapes = {x.shape for x in xs}
     if len(shapes) != 1:
-        raise ValueError(f"{folder}: images of different sizes {sorted(shapes)[:4]}")
+        raise UserError(f"{folder}: images of different sizes {sorted(shapes)[:4]}")
     return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
 
 
 def load_cifar10(split: str = "train", root=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """uint8 images [N,32,32,3] and labels [N]; the first call decodes the JPEGs and caches them."""
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise UserError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root) if root else default_root()
     src = root / split
     if not src.is_dir():
-        raise FileNotFoundError(f"CIFAR-10 split not found: {src} (expected <root>/{split}/<class>/*.jpg)")
+        raise FileNotFoundError(2, "CIFAR-10 split not found (expected <root>/<split>/<class>/*.jpg)", str(src))
     classes = list_classes(src)
     cx, cy = cache_dir() / f"{split}_x.npy", cache_dir() / f"{split}_y.npy"
     if cx.exists() and cy.exists():

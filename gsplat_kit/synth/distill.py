@@ -12,27 +12,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gsplat_kit.common.errors import UserError
+from gsplat_kit.common.paths import safe_name
+
 from .data import load_cifar10, list_classes, subset_per_class, to_tensor
 from .models import build_model, load_teacher
-from .teacher import augment, evaluate
+from .teacher import augment, evaluate, one_cycle
 
 
 def load_synthetic(images_dir, num_classes: int, image_size: int = 32, classes=None):
     """Images of `images_dir/<class>/*.png` as uint8 [N,H,W,3] with labels from the folder names.
 
-    The class folders must match the teacher's classes (by name when it lists them, else by count)."""
+    The class folders must match the teacher's classes (by name when it lists them, else by count); a
+    class name that is not a safe folder name is looked up under synthesize's mapping of it (`safe_name`)."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
-        raise FileNotFoundError(f"image folder not found: {images_dir}")
+        raise FileNotFoundError(2, "image folder not found", str(images_dir))
     found = list_classes(images_dir)
     found = [c for c in found if not c.startswith(".") and c != "batches"]
     if classes:
-        extra = sorted(set(found) - set(classes))
+        folders = [safe_name(c) for c in classes]
+        extra = sorted(set(found) - set(folders))
         if extra:
-            raise ValueError(f"{images_dir}: class folders {extra} are not among the teacher's classes {list(classes)}")
+            raise UserError(f"{images_dir}: class folders {extra} are not among the teacher's classes {list(classes)}")
     elif len(found) != num_classes:
-        raise ValueError(f"{images_dir}: {len(found)} class folders for a teacher with {num_classes} classes")
-    names = list(classes) if classes else found
+        raise UserError(f"{images_dir}: {len(found)} class folders for a teacher with {num_classes} classes")
+    names = folders if classes else found
     xs, ys = [], []
     for ci, c in enumerate(names):
         if not (images_dir / c).is_dir():
@@ -40,9 +45,9 @@ def load_synthetic(images_dir, num_classes: int, image_size: int = 32, classes=N
         x = _load_one_class(images_dir / c, image_size)
         xs.append(x)
         ys.append(np.full(len(x), ci, dtype=np.int64))
-    if not xs:
-        raise ValueError(f"{images_dir}: no images in class folders")
-    return np.concatenate(xs), np.concatenate(ys), names
+    if not xs or not sum(len(x) for x in xs):
+        raise UserError(f"{images_dir}: no images in class folders")
+    return np.concatenate(xs), np.concatenate(ys), list(classes) if classes else names
 
 
 def _load_one_class(folder: Path, image_size: int):
@@ -55,9 +60,9 @@ def _load_one_class(folder: Path, image_size: int):
         try:
             img = Image.open(p).convert("RGB")
         except OSError as e:
-            raise ValueError(f"{p}: unreadable image ({e})") from None
+            raise UserError(f"{p}: unreadable image ({e})") from None
         if img.size != (image_size, image_size):
-            raise ValueError(f"{p}: image is {img.size[0]}x{img.size[1]}, the teacher takes {image_size}x{image_size}")
+            raise UserError(f"{p}: image is {img.size[0]}x{img.size[1]}, the teacher takes {image_size}x{image_size}")
         xs.append(np.asarray(img, dtype=np.uint8))
     return np.stack(xs) if xs else np.zeros((0, image_size, image_size, 3), np.uint8)
 
@@ -82,8 +87,7 @@ def kd_train(student, teacher, x: torch.Tensor, epochs: int = 100, batch_size: i
     spe = max(1, len(x) // bs)
     epochs = max(epochs, math.ceil(min_steps / spe)) if min_steps else epochs
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * spe, pct_start=min(0.5, max(0.2, 2.0 / (epochs * spe))),
-                                                div_factor=10, final_div_factor=100)
+    sched = one_cycle(opt, lr, epochs * spe, min(0.5, max(0.2, 2.0 / (epochs * spe))))
     bar = None
     if progress:
         from tqdm.auto import tqdm

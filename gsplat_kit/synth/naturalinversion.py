@@ -14,44 +14,37 @@ BN weight 10, TV(l2) 6e-3, l2 1.5e-5, z of 1024 dims + one-hot label, jitter 2 w
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import check_targets, frozen, log_every, mean_std, model_device, seeded
+from ._common import mean_std, model_device
 from .bn_hooks import BNStatsLoss
-from .data import CIFAR10_MEAN, CIFAR10_STD
-from .deepinversion import inversion_loss
+from .inversion import InversionConfig, invert
 from .priors import jitter_flip
 
 
 @dataclass
-class NaturalInversionConfig:
-    batch_size: int = 256
-    iterations: int = 2000
+class NaturalInversionConfig(InversionConfig):
+    tv_l2_weight: float = 6e-3
+    l2_weight: float = 1.5e-5
+    flip: bool = True
     g_lr: float = 1e-3
     ftp_lr: float = 5e-4
     acs_lr: float = 0.05
     acs_init_mean: float = 5.0
     acs_init_std: float = 1.0
-    bn_weight: float = 10.0
-    first_bn_multiplier: float = 1.0
-    tv_l2_weight: float = 6e-3
-    tv_l1_weight: float = 0.0
-    l2_weight: float = 1.5e-5
-    competition_weight: float = 0.0
-    competition_temperature: float = 3.0
     latent_dim: int = 1024
     gen_channels: int = 128
-    jitter: int = 2
-    flip: bool = True
     use_ftp: bool = True                # ablations: generator only / without ACS
     use_acs: bool = True
-    image_size: int = 32
-    mean: tuple = CIFAR10_MEAN
-    std: tuple = CIFAR10_STD
+
+    RANGES = {"g_lr": dict(lo=0, lo_open=True), "ftp_lr": dict(lo=0, lo_open=True),
+              "acs_lr": dict(lo=0, lo_open=True), "acs_init_std": dict(lo=0), "latent_dim": dict(lo=1),
+              "gen_channels": dict(lo=2)}
 
 
 class Generator(nn.Module):
@@ -169,52 +162,27 @@ class NaturalInversionBatch(nn.Module):
             groups.append({"params": [self.alpha], "lr": cfg.acs_lr})
         return groups
 
-    def forward(self, gen: torch.Generator) -> torch.Tensor:
+    def forward(self, gen: torch.Generator, bn: BNStatsLoss | None = None) -> torch.Tensor:
         cfg = self.cfg
         x0 = jitter_flip(self.generator(self.z, self.targets), gen, cfg.jitter, cfg.flip)
         if self.ftp is not None:
-            with torch.no_grad():        # the pyramid's input is a fixed reading of the current image
+            # the pyramid's input is a fixed reading of the current image: no gradient, and its BN
+            # statistics are not part of the loss, so the BN hooks skip this pass
+            with torch.no_grad(), (bn.paused() if bn is not None else contextlib.nullcontext()):
                 maps = stage_maps(self.teacher_ref[0], x0.detach() * self.std + self.mean)
             x = self.ftp(x0, maps)
         else:
             x = torch.tanh(x0)
         return x * self.alpha            # Adaptive Channel Scaling
 
+    def images(self, gen: torch.Generator, bn: BNStatsLoss) -> torch.Tensor:
+        return self(gen, bn)
+
 
 def invert_batch(teacher: nn.Module, targets: torch.Tensor, config: NaturalInversionConfig | None = None,
                  seed: int = 0, progress: bool = False, student: nn.Module | None = None):
     """One NaturalInversion batch (a fresh generator, pyramid and ACS for it).
     Returns (images [B,3,H,W] in [0,1] on the CPU, log dict)."""
-    from tqdm import tqdm
-
     cfg = config or NaturalInversionConfig()
-    dev = model_device(teacher)
-    if cfg.competition_weight and student is None:
-        raise ValueError("competition_weight > 0 (Adaptive DeepInversion term) needs a student model")
-    with frozen(teacher), BNStatsLoss(teacher, cfg.first_bn_multiplier) as bn, seeded(seed, dev):
-        n_cls = check_targets(teacher, targets, cfg.image_size, dev)
-        targets = torch.as_tensor(targets).long().to(dev)
-        net = NaturalInversionBatch(teacher, targets, cfg, n_cls)
-        mean, std = net.mean, net.std
-        opt = torch.optim.Adam(net.param_groups())
-        gen = torch.Generator().manual_seed(seed)
-        best, best_loss, losses = None, float("inf"), []
-        every = log_every(cfg.iterations)
-        for it in tqdm(range(cfg.iterations), disable=not progress, desc="NaturalInversion", leave=False):
-            x = net(gen)
-            x_keep = x.detach()
-            xj = jitter_flip(x, gen, cfg.jitter, cfg.flip)
-            loss, ce, loss_bn = inversion_loss(teacher, student, xj, targets, bn, cfg, mean, std)
-            lv = loss.item()
-            if lv < best_loss:           # kept like the reference's best_inputs (before the 2nd jitter)
-                best_loss, best = lv, x_keep.clone()
-            if it % every == 0 or it == cfg.iterations - 1:
-                losses.append(round(lv, 5))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        images = (best * std + mean).clamp(0, 1)
-        with torch.no_grad():
-            acc = (teacher(images).argmax(1) == targets).float().mean().item()
-    return images.cpu(), {"loss": losses, "loss_first": losses[0], "loss_final": lv, "loss_best": best_loss,
-                          "ce": ce.item(), "bn": loss_bn.item(), "teacher_acc": acc}
+    return invert(teacher, targets, cfg, lambda t, y, n_cls: NaturalInversionBatch(t, y, cfg, n_cls), seed,
+                  progress, student, "NaturalInversion")

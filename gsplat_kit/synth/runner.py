@@ -10,7 +10,6 @@ skips the committed batches and redoes at most the one it was in. With torch.dis
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -21,35 +20,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-METHODS = {
-    "deep": ("gsplat_kit.synth.deepinversion", "DeepInversionConfig"),
-    "natural": ("gsplat_kit.synth.naturalinversion", "NaturalInversionConfig"),
-}
+from gsplat_kit.common import atomic
+from gsplat_kit.common.errors import UserError
+from gsplat_kit.common.paths import safe_name
+from gsplat_kit.common.run_folder import MARKER
+
+from .methods import get_method, make_config
+
 SETTINGS = "settings.json"
 SUMMARY = "losses.json"
 
 
-def method_module(method: str):
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    mod = importlib.import_module(METHODS[method][0])
-    return mod, getattr(mod, METHODS[method][1])
-
-
-def make_config(method: str, batch_size=None, iterations=None, **overrides):
-    """The method's default config (the paper's CIFAR-10 settings) with the given fields replaced."""
-    _, cls = method_module(method)
-    cfg = cls()
-    fields = {f.name for f in dataclasses.fields(cls)}
-    upd = dict(overrides)
-    if batch_size is not None:
-        upd["batch_size"] = int(batch_size)
-    if iterations is not None:
-        upd["iterations"] = int(iterations)
-    bad = sorted(set(upd) - fields)
-    if bad:
-        raise ValueError(f"unknown {cls.__name__} field(s) {bad}; known: {sorted(fields)}")
-    return dataclasses.replace(cfg, **upd)
+def class_folders(classes) -> list[str]:
+    """The folder of each class: its name when that is a safe folder name, else a deterministic mapping
+    (`common.paths.safe_name`), so a teacher's class names can never lead outside the output folder."""
+    folders = [safe_name(c) for c in classes]
+    if len(set(folders)) != len(folders) or set(folders) & {"batches", SETTINGS, SUMMARY, MARKER}:
+        raise UserError(f"the teacher's class names {list(classes)[:12]} do not map to distinct folders")
+    return folders
 
 
 def batch_seed(seed: int, b: int) -> int:
@@ -68,12 +56,6 @@ def _dist_rank_world(rank, world_size):
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _save_png(img: torch.Tensor, path: Path) -> None:
@@ -104,7 +86,10 @@ def _resolve_teacher(teacher, device):
 def _settings(method, cfg, meta, num_images, seed) -> dict:
     return {"method": method, "config": dataclasses.asdict(cfg), "num_images": int(num_images), "seed": int(seed),
             "teacher": {k: meta.get(k) for k in ("path", "arch", "num_classes", "image_size", "test_accuracy")},
-            "classes": list(meta["classes"]), "naming": "<class>/<batch:05d>_<index in batch:03d>.png"}
+            "classes": list(meta["classes"]),
+            # a class name that is not a safe folder name (empty, "..", a path) is mapped, never followed
+            "class_folders": {c: safe_name(c) for c in meta["classes"]},
+            "naming": "<class folder>/<batch:05d>_<index in batch:03d>.png"}
 
 
 def _check_resume(out: Path, settings: dict) -> None:
@@ -115,11 +100,11 @@ def _check_resume(out: Path, settings: dict) -> None:
     try:
         old = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{p}: unreadable settings of an earlier run ({e}); use a fresh --out") from None
+        raise UserError(f"{p}: unreadable settings of an earlier run ({e}); use a fresh --out") from None
     keys = ("method", "config", "num_images", "seed", "classes")
     diff = [k for k in keys if json.dumps(old.get(k), sort_keys=True) != json.dumps(settings.get(k), sort_keys=True)]
     if diff:
-        raise ValueError(f"{out} holds a run with different {', '.join(diff)}; resume it with the same "
+        raise UserError(f"{out} holds a run with different {', '.join(diff)}; resume it with the same "
                          f"settings or choose a fresh --out")
 
 
@@ -136,16 +121,17 @@ def synthesize(teacher, method: str, num_images: int, out, batch_size: int | Non
     on_batch_done(b, log): called after each committed batch (tests use it to interrupt a run).
     """
     if int(num_images) < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    mod, _ = method_module(method)
+        raise UserError(f"num_images must be >= 1, got {num_images}")
+    inverter = get_method(method).invert_batch
     cfg = make_config(method, batch_size, iterations, **overrides)
     model, meta = _resolve_teacher(teacher, device)
     size = int(getattr(cfg, "image_size", meta["image_size"]))
     if meta.get("image_size") and int(meta["image_size"]) != size:
-        raise ValueError(f"image_size {size} differs from the teacher's input size {meta['image_size']}")
+        raise UserError(f"image_size {size} differs from the teacher's input size {meta['image_size']}")
     classes = list(meta["classes"])
     if len(classes) != int(meta["num_classes"]):
-        raise ValueError(f"teacher lists {len(classes)} class names for {meta['num_classes']} outputs")
+        raise UserError(f"teacher lists {len(classes)} class names for {meta['num_classes']} outputs")
+    folders = class_folders(classes)
     out = Path(out)
     rank, world = _dist_rank_world(rank, world_size)
     settings = _settings(method, cfg, meta, num_images, seed)
@@ -154,9 +140,9 @@ def synthesize(teacher, method: str, num_images: int, out, batch_size: int | Non
         out.mkdir(parents=True, exist_ok=True)
         _check_resume(out, settings)
         bdir.mkdir(exist_ok=True)
-        for c in classes:
+        for c in folders:
             (out / c).mkdir(exist_ok=True)
-        _atomic_json(out / SETTINGS, settings)
+        atomic.write_json(out / SETTINGS, settings)
         if world == 1 or _dist_on():  # no other writer can be mid-batch yet: drop a killed run's leftovers
             for t in out.glob(".tmp_batch_*"):
                 shutil.rmtree(t, ignore_errors=True)
@@ -164,7 +150,7 @@ def synthesize(teacher, method: str, num_images: int, out, batch_size: int | Non
     if rank != 0:  # (without a process group, rank 0 may not have made the folders yet)
         _check_resume(out, settings)
         bdir.mkdir(parents=True, exist_ok=True)
-        for c in classes:
+        for c in folders:
             (out / c).mkdir(exist_ok=True)
     B = cfg.batch_size
     nb = math.ceil(int(num_images) / B)
@@ -181,11 +167,11 @@ def synthesize(teacher, method: str, num_images: int, out, batch_size: int | Non
         t0 = time.time()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(batch_seed(seed, b))
-            images, log = mod.invert_batch(model, targets.to(device), cfg, batch_seed(seed, b), progress=False)
+            images, log = inverter(model, targets.to(device), cfg, batch_seed(seed, b), progress=False)
         seconds = time.time() - t0
         if images.shape[1:] != (3, size, size) or images.shape[0] != len(targets):
             raise RuntimeError(f"{method}: batch {b} came back with shape {tuple(images.shape)}")
-        _commit_batch(out, b, images, targets, classes, dict(log, rank=rank), seconds)
+        _commit_batch(out, b, images, targets, folders, dict(log, rank=rank), seconds)
         if bar is not None:
             bar.update(1)
             if "loss_final" in log:
@@ -207,14 +193,12 @@ def _barrier(world):
         torch.distributed.barrier()
 
 
-def _commit_batch(out: Path, b: int, images, targets, classes, log, seconds) -> None:
-    tmp = out / f".tmp_batch_{b:05d}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+def _commit_batch(out: Path, b: int, images, targets, folders, log, seconds) -> None:
+    tmp = atomic.temp_path(out / f"tmp_batch_{b:05d}")   # .tmp_batch_*: see the clean-up in synthesize
     tmp.mkdir()
     files = []
     for j, (img, t) in enumerate(zip(images, targets.tolist())):
-        name = f"{classes[t]}/{b:05d}_{j:03d}.png"
+        name = f"{folders[t]}/{b:05d}_{j:03d}.png"
         _save_png(img, tmp / name.replace("/", "__"))
         files.append(name)
     for name in files:  # same folder tree, so os.replace is a rename
@@ -222,7 +206,7 @@ def _commit_batch(out: Path, b: int, images, targets, classes, log, seconds) -> 
     tmp.rmdir()
     rec = {"batch": b, "targets": targets.tolist(), "files": files, "seconds": round(seconds, 3)}
     rec.update({k: v for k, v in log.items() if _jsonable(v)})
-    _atomic_json(out / "batches" / f"batch_{b:05d}.json", rec)
+    atomic.write_json(out / "batches" / f"batch_{b:05d}.json", rec)
 
 
 def _jsonable(v) -> bool:
@@ -249,5 +233,5 @@ def _summarise(out: Path, nb: int, settings: dict) -> dict:
             summary[f"mean_{key}"] = float(np.mean(vals))
     summary["per_batch"] = [{k: r.get(k) for k in ("batch", "loss_final", "teacher_acc", "seconds")} for r in recs]
     if done:
-        _atomic_json(out / SUMMARY, summary)
+        atomic.write_json(out / SUMMARY, summary)
     return summary

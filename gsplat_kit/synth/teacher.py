@@ -14,8 +14,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gsplat_kit.common import atomic
+from gsplat_kit.common.atomic import atomic_path
+from gsplat_kit.common.errors import UserError
+from gsplat_kit.common.safe_load import load_torch_data
+
 from .data import load_cifar10, subset_per_class, to_tensor
 from .models import build_model, save_teacher
+
+
+def one_cycle(opt, lr: float, total: int, pct_start: float):
+    """The one-cycle schedule (warm-up to `lr`, then anneal) over `total` steps; a run of fewer than 4 steps
+    (a smoke test) has no room for its two phases (OneCycleLR divides by zero) and keeps `lr` constant."""
+    if total < 4:
+        for g in opt.param_groups:
+            g["lr"] = lr
+        return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=pct_start,
+                                               div_factor=10, final_div_factor=100)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -72,15 +88,18 @@ def train_classifier(arch="resnet20", epochs=30, batch_size=128, lr=0.1, weight_
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     steps_per_epoch = len(xtr) // batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"batch size {batch_size} exceeds the {len(xtr)} training images")
+        raise UserError(f"batch size {batch_size} exceeds the {len(xtr)} training images")
     total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, div_factor=10,
-                                                final_div_factor=100, pct_start=min(0.5, max(0.25, 2.0 / total)))
+    sched = one_cycle(opt, lr, total, min(0.5, max(0.25, 2.0 / total)))
     gen = torch.Generator().manual_seed(seed)
     start_epoch, history = 0, []
     ckpt = Path(str(out) + ".ckpt") if out else None
     if ckpt and ckpt.exists():
-        st = torch.load(ckpt, map_location=device, weights_only=False)
+        # data only (tensors, numbers, strings, plain containers; the optimiser, schedule and RNG states
+        # included): a planted .ckpt can never run code
+        st = load_torch_data(ckpt, "training checkpoint", map_location=device)
+        if not isinstance(st, dict) or not {"model", "opt", "sched", "gen", "epoch", "history"} <= set(st):
+            raise UserError(f"{ckpt}: not a train-teacher checkpoint; remove it to start afresh")
         if st.get("arch") == arch and st.get("epochs") == epochs:
             model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); sched.load_state_dict(st["sched"])
             gen.set_state(st["gen"]); start_epoch, history = st["epoch"], st["history"]
@@ -105,11 +124,10 @@ def train_classifier(arch="resnet20", epochs=30, batch_size=128, lr=0.1, weight_
         log(f"epoch {ep + 1}/{epochs} loss {tot / n:.4f} " + (f"test acc {acc:.4f} " if acc is not None else "")
             + f"({time.time() - t0:.0f}s)")
         if ckpt:
-            tmp = ckpt.with_name(ckpt.name + ".tmp")
-            torch.save({"arch": arch, "epochs": epochs, "epoch": ep + 1, "model": model.state_dict(),
-                        "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
-                        "history": history}, tmp)
-            os.replace(tmp, ckpt)
+            with atomic_path(ckpt) as tmp:
+                torch.save({"arch": arch, "epochs": epochs, "epoch": ep + 1, "model": model.state_dict(),
+                            "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                            "history": history}, tmp)
     acc = evaluate(model, xte, yte)
     result = {"arch": arch, "dataset": "cifar10", "test_accuracy": acc, "epochs": epochs, "batch_size": batch_size,
               "max_lr": lr, "weight_decay": weight_decay, "train_images": len(xtr), "test_images": len(xte), "seed": seed,
@@ -120,10 +138,7 @@ def train_classifier(arch="resnet20", epochs=30, batch_size=128, lr=0.1, weight_
     if out:
         model = model.cpu().to(memory_format=torch.contiguous_format)
         save_teacher(model, arch, out, classes, extra={"test_accuracy": acc})
-        js = Path(out).with_suffix(".json")
-        tmp = js.with_name(js.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, js)
+        atomic.write_text(Path(out).with_suffix(".json"), json.dumps(result, indent=2))
         if ckpt and ckpt.exists():
             ckpt.unlink()
     return result

@@ -81,6 +81,10 @@ def _train(args) -> int:
     cfg = train_config(args)
     if not os.path.isdir(cfg.data):
         raise UserError(f"--data {cfg.data}: no such folder")
+    if args.distributed or args.batch_size is not None:
+        from gsplat_kit.train.dist_cli import main_distributed
+
+        return main_distributed(cfg, args)
     if cfg.resume and cfg.resume != "auto" and not os.path.isfile(cfg.resume):
         raise UserError(f"--resume {cfg.resume}: no such checkpoint")
     if cfg.viewer:  # a port the viewer cannot listen on fails now, not after the scene has loaded
@@ -164,23 +168,23 @@ def _render(args) -> int:
     return 0
 
 
-def _fail(e: Exception) -> int:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+# the names of gsplat_kit.scene.formats.FORMATS (a test keeps them equal), here so that --help needs no torch
+EXPORT_FORMATS = ["ply", "compressed-ply", "splat", "spz"]
 
 
 def _export(args) -> int:
-    try:
-        from gsplat_kit.train.export import read_splats, write_ply, write_splat
+    from gsplat_kit.scene.formats import format_for, save_splats
+    from gsplat_kit.scene.splats import load_splats
 
-        fmt = args.format or ("splat" if args.out.endswith(".splat") else "ply")
-        if fmt not in ("ply", "splat"):
-            raise ValueError(f"--format must be ply or splat, got {fmt!r}")
-        splats = read_splats(args.splats)
-        (write_splat if fmt == "splat" else write_ply)(args.out, splats)
-    except (ValueError, FileNotFoundError) as e:
-        return _fail(e)
-    print(f"wrote {args.out} ({splats['means'].shape[0]} Gaussians, {fmt})")
+    fmt = format_for(args.out, args.format)  # an unknown extension is refused before the (slow) load
+    options = {}
+    if args.spz_version is not None:
+        if fmt.name != "spz":
+            raise UserError(f"--spz-version applies to .spz output only, not {args.out}")
+        options["spz_version"] = args.spz_version
+    splats = load_splats(args.splats)  # checkpoints load as data only (weights_only)
+    save_splats(args.out, splats, fmt.name, **options)
+    print(f"wrote {args.out} ({splats.num} Gaussians, {fmt.name}: {fmt.summary})")
     return 0
 
 
@@ -214,6 +218,9 @@ def register(subparsers):
     p.add_argument("--viewer-port", type=int, default=None)
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from gsplat_kit.train.dist_cli import add_distributed_args
+
+    add_distributed_args(p)
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser("eval", help="score trained splats on a scene's held-out views (PSNR, SSIM, LPIPS)",
@@ -239,9 +246,15 @@ def register(subparsers):
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_render)
 
-    p = subparsers.add_parser("export", help="export splats to a standard 3DGS .ply or an antimatter15 .splat",
-                              description="Export a checkpoint (or .ply, or output folder) to .ply or .splat.")
-    p.add_argument("splats", help="a .ply, a checkpoint .pt, or a training output folder")
-    p.add_argument("--out", required=True, help="output file (.ply or .splat)")
-    p.add_argument("--format", choices=["ply", "splat"], default=None, help="default: from the --out extension")
+    p = subparsers.add_parser("export", help="convert splats to .ply, .compressed.ply, .splat or .spz",
+                              description="Export a checkpoint, a splat file (any format load_splats reads) or an "
+                              "output folder to a splat file in the format --out's extension names: .ply (3DGS, exact), "
+                              ".compressed.ply (PlayCanvas), .splat (antimatter15), .spz (Niantic).")
+    p.add_argument("splats", help="a .ply, .spz, .splat, a checkpoint .pt, or a training output folder")
+    p.add_argument("--out", required=True, help="output file: .ply, .compressed.ply, .splat or .spz")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default=None,
+                   help="default: from the --out extension (compressed-ply also takes a plain .ply name)")
+    p.add_argument("--spz-version", type=int, choices=[2, 3, 4], default=None,
+                   help=".spz format version (default 3: gzip, smallest-three rotations; 4: zstd streams, for "
+                   "Niantic's current library; 2 for older readers)")
     p.set_defaults(func=_export)
