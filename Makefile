@@ -88,3 +88,13 @@ bench: build
 
 clean:
 	rm -rf build gsplat_kit/_C*.so $(BUILT)
+
+# For the first call on a lent GPU machine (README: On a GPU): build/gpu/ holds the wheels that machine
+# lacks, gsplat 1.5.3 and gsplat_kit._C compiled for its Python 3.12 / torch 2.11.0+cu130 / sm_90, and a
+# scene; carried there, `bash scripts/gpu_check.sh` installs them and runs the CUDA tests and benchmarks.
+.PHONY: gpu-prep gpu-check-dry-run
+gpu-prep:
+	bash scripts/gpu_prep.sh
+
+gpu-check-dry-run: gpu-prep
+	bash scripts/gpu_check.sh --dry-run

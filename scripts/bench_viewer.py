@@ -97,6 +97,7 @@ def main():
     ap.add_argument("--moving-seconds", type=float, default=8.0)
     ap.add_argument("--target-fps", type=float, default=15.0)
     ap.add_argument("--scene", choices=("room", "cloud"), default="room")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
 
     from gsplat_kit.viewer.app import ViewerApp
@@ -109,6 +110,7 @@ def main():
           f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
     print(f"{'device':6} {'gaussians':>10} {'res':>10} {'render fps':>11} {'frame fps':>10} {'moving fps':>11} "
           f"{'moving res':>11}")
+    rows = []
     for n in args.sizes:
         splats = (room_splats if args.scene == "room" else cloud_splats)(n, seed=0)
         views = camera_path(args.scene, 64, w, h, 60)
@@ -123,6 +125,12 @@ def main():
                 res = f"{sizes[-1][1]}x{sizes[-1][0]}" if sizes else "-"
                 print(f"{dev:6} {n:>10,} {f'{w}x{h}':>10} {rfps:>11.2f} {ffps:>10.2f} {mfps:>11.2f} {res:>11}",
                       flush=True)
+                rows.append({"device": dev, "gaussians": n, "scene": args.scene, "resolution": f"{w}x{h}",
+                             "render_fps": rfps, "frame_fps": ffps, "moving_fps": mfps, "moving_resolution": res})
+                if args.json:  # after every row: a run stopped by a time limit keeps the rows it finished
+                    from gsplat_kit.common.atomic import write_json
+
+                    write_json(args.json, {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "rows": rows})
             finally:
                 app.close()
 
