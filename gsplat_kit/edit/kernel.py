@@ -59,8 +59,8 @@ def reference_attention(q, k, v, scale: float, heads: int, plan: LayerPlan | Non
 
 # A layer with nothing edited and nothing stored is plain attention. Over many keys (SD's 64x64
 # self-attention) torch's SDPA, a flash-attention kernel that streams key/value blocks with an online
-# softmax, is the faster one (4096 x 4096, head dim 40, 2 CPU cores: 321 vs 403 ms); at cross-attention's
-# 77 keys this kernel is (8.4 vs 14.5 ms; BENCHMARKS.md "edit"). On a GPU, SDPA takes every plain layer.
+# softmax, is the faster one; at cross-attention's 77 keys this kernel is (measured in BENCHMARKS.md
+# "edit", `bench_attention.py --plain`). On a GPU, SDPA takes every plain layer.
 SDPA_MIN_KEYS = 2048
 
 
