@@ -136,7 +136,7 @@ def _distill(args) -> int:
     _threads(args.threads)
     device = _device(args.device)
     teacher = _teacher_and_images(args)
-    run = RunFolder.claim(args.out, "distill", overwrite=args.overwrite) if args.out else None
+    run = RunFolder.claim(args.out, "distill", overwrite=args.overwrite, resumable=False) if args.out else None
     with run if run is not None else contextlib.nullcontext():
         save = args.save_student or (os.path.join(run.path, "student.pt") if run else None)
         res = distill(args.images, teacher, args.student, epochs=args.epochs, batch_size=args.batch_size,
@@ -160,7 +160,7 @@ def _prune(args) -> int:
     _threads(args.threads)
     device = _device(args.device)
     teacher = _teacher_and_images(args)
-    with RunFolder.claim(args.out, "prune", overwrite=args.overwrite) as run:
+    with RunFolder.claim(args.out, "prune", overwrite=args.overwrite, resumable=False) as run:
         res = prune(teacher, args.images, args.ratio, args.method, out=run.path, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed,
                     device=device, real=args.real, test_limit=args.test_limit, progress=not args.no_progress)
