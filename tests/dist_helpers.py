@@ -224,7 +224,7 @@ def case_hang(comm, out):
 def main(argv):
     import torch
 
-    from gsplat_kit.train.distributed import PeerLost, init_process_group
+    from gsplat_kit.train.distributed import PeerLost, init_process_group, leave
 
     torch.set_num_threads(1)
     out, *cases = argv
@@ -235,12 +235,8 @@ def main(argv):
             globals()["case_" + name](comm, out, *args)
     except PeerLost as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
-    finally:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-    return 0
+        leave(3)   # as the CLI does (gsplat_kit/train/dist_cli.py)
+    leave(0)
 
 
 if __name__ == "__main__":

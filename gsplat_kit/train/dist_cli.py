@@ -22,9 +22,9 @@ def add_distributed_args(p):
 
 
 def main_distributed(cfg, args) -> int:
-    """Runs this rank's part of the job; rank 0 prints the summary. Returns the exit status."""
+    """Runs this rank's part of the job; rank 0 prints the summary. Ends the process (see `leave`)."""
     from gsplat_kit.common.errors import UserError
-    from gsplat_kit.train.distributed import DistConfig, PeerLost, train_distributed
+    from gsplat_kit.train.distributed import DistConfig, PeerLost, leave, train_distributed
 
     if not args.distributed:
         raise UserError("--batch-size needs --distributed (and torchrun); the single-process trainer renders one "
@@ -40,11 +40,11 @@ def main_distributed(cfg, args) -> int:
         m = train_distributed(cfg, dcfg, overwrite=bool(getattr(args, "overwrite", False)))
     except PeerLost as e:
         print(f"error: {e}; resume from the last complete checkpoint with --resume", file=sys.stderr)
-        return PEER_LOST_EXIT
+        leave(PEER_LOST_EXIT)
     if m is not None:
         if m.get("psnr") is not None:
             print(f"held-out PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} over {m['num_test_views']} views; "
                   f"{m['num_gaussians']} Gaussians on {m['world_size']} ranks {m['gaussians_per_rank']}; "
                   f"{m['train_time_s']:.1f} s training")
         print(f"wrote {os.path.join(cfg.out, 'point_cloud.ply')} and {os.path.join(cfg.out, 'metrics.json')}")
-    return 0
+    leave(0)

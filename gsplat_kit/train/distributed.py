@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -47,6 +48,15 @@ SPLAT_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 ADAM_ROWS = ("exp_avg", "exp_avg_sq")            # Adam's per-row moments (its "step" is shared by all rows)
 STRATEGY_ROWS = ("grad2d", "count", "radii")     # the default strategy's per-Gaussian running statistics
 DIST_CKPT = re.compile(r"^dist_(\d+)$")          # OUT/ckpts/dist_<step>/rank<r>-of-<world>.pt
+
+
+def leave(status: int) -> NoReturn:
+    """Ends this rank's process now, without the interpreter's teardown: with a peer gone (and at times
+    after a clean run under load) gloo's threads abort that teardown (std::terminate, SIGABRT), which
+    would replace the exit status. Every output is already written atomically and closed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 class PeerLost(RuntimeError):
@@ -721,7 +731,7 @@ def train_distributed(cfg: TrainConfig, dcfg: DistConfig, overwrite: bool = Fals
     if not cfg.out:
         raise UserError("an output folder (--out) is required")
     comm, device = init_process_group(cfg.device, dcfg.backend, dcfg.timeout_s)
-    run = None
+    run, lost = None, False
     try:
         claimed = None
         if comm.rank == 0:
@@ -738,8 +748,11 @@ def train_distributed(cfg: TrainConfig, dcfg: DistConfig, overwrite: bool = Fals
             run.finish()
             run = None
         return metrics
+    except PeerLost:
+        lost = True
+        raise
     finally:
         if run is not None:
             run.release()
-        if dist.is_initialized():
+        if dist.is_initialized() and not lost:  # after a lost peer there is no clean shutdown: see `leave`
             dist.destroy_process_group()
