@@ -6,7 +6,7 @@ SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -na
 BUILT   := gsplat_kit/_build_info.json
 PYTEST_ARGS ?=
 
-.PHONY: setup build demo test test-portable simt test-simt-asan bench clean browser
+.PHONY: setup build demo test test-isa simt test-simt-asan bench clean browser
 
 setup: build
 
@@ -35,11 +35,11 @@ demo: build
 
 # CI: every test, the CUDA kernels included through the SIMT harness (GSPLAT_KIT_REQUIRE_SIMT: a missing
 # or stale harness fails instead of skipping; the summary line counts the harness-executed tests), then
-# the harness under AddressSanitizer, then the CPU kernels at another SIMD width.
+# the harness under AddressSanitizer, then the CPU kernels in the other instruction sets this CPU runs.
 test: build browser simt
 	GSPLAT_KIT_REQUIRE_SIMT=1 $(PY) -m pytest -q tests $(PYTEST_ARGS)
 	$(MAKE) test-simt-asan
-	$(MAKE) test-portable
+	$(MAKE) test-isa
 
 # The SIMT harness (csrc/simt/): the .cu kernels compiled as C++ and executed on the CPU by the tests.
 # A separate, test-only library (build/simt/gsplat_kit_simt.so); the real build never compiles it.
@@ -59,18 +59,16 @@ test-simt-asan: build
 		GSPLAT_KIT_SIMT_LIB=build/simt-asan/gsplat_kit_simt.so GSPLAT_KIT_REQUIRE_SIMT=1 \
 		$(PY) -m pytest -q -p no:cacheprovider $(SIMT_ASAN_TESTS) -k "$(SIMT_ASAN_SELECT)"
 
-# The CPU kernels' SIMD loops at another vector width than this machine's: a copy of the source tree
-# built for AVX2 (CPU kernels only), and the kernel tests run against it.
-PORTABLE_DIR := build/portable
-test-portable: build
-	rm -rf $(PORTABLE_DIR) && mkdir -p $(PORTABLE_DIR)
-	tar -c --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./runs --exclude='*.so' \
-		--exclude=./gsplat_kit/_build_info.json . | tar -x -C $(PORTABLE_DIR)
-	cd $(PORTABLE_DIR) && GSPLAT_KIT_NO_CUDA=1 GSPLAT_KIT_MARCH=x86-64-v3 $(CURDIR)/$(PY) setup.py -q build_ext --inplace
-	cd $(PORTABLE_DIR) && PYTHONPATH=$(CURDIR)/$(PORTABLE_DIR) $(CURDIR)/$(PY) -c \
-		"import os, gsplat_kit; assert gsplat_kit.__file__.startswith(os.getcwd()), gsplat_kit.__file__"
-	cd $(PORTABLE_DIR) && PYTHONPATH=$(CURDIR)/$(PORTABLE_DIR) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
-		tests/test_render_rasterization.py tests/test_edit_kernel.py tests/test_train_losses.py
+# The CPU kernel tests once more for each instruction set this CPU runs besides the best one, which the
+# main run used: the module holds the SIMD loops for AVX-512, AVX2 and SSE2 (csrc/cpu_isa.h) and
+# GSPLAT_KIT_ISA picks one. (The harness, CUDA and float64 cases do not depend on it.)
+ISA_TESTS ?= tests/test_render_rasterization.py tests/test_edit_kernel.py tests/test_train_losses.py
+ISA_SELECT ?= not simt and not cuda and not float64
+test-isa: build
+	@for isa in $$($(PY) -c "import gsplat_kit._backend as b; print(*b.cpu_isa_choices()[1:])"); do \
+		echo "== CPU kernels with GSPLAT_KIT_ISA=$$isa"; \
+		GSPLAT_KIT_ISA=$$isa $(PY) -m pytest -q -p no:cacheprovider $(ISA_TESTS) -k "$(ISA_SELECT)" || exit 1; \
+	done
 
 # The GPU when one is visible (`make bench BENCH_DEVICE=cpu` for the CPU kernels there); the viewer
 # benchmark measures every device it finds.

@@ -1,6 +1,6 @@
 // The native ops' schemas, one per op, in torch's dispatcher: torch.ops.gsplat_kit.<op> runs the CPU or
 // the CUDA implementation by the device of its tensors (registered beside each op: splat/splat_ops.cpp,
-// attention/attention_ops.cpp, loss/ssim_cpu.cpp). Abstract (fake) implementations for torch.compile
+// attention/attention_ops.cpp, loss/ssim_ops.cpp). Abstract (fake) implementations for torch.compile
 // are in gsplat_kit/_backend.py. The SIMT harness build (-DGK_SIMT) defines the kernel ops under
 // gsplat_kit_simt instead (csrc/ops_common.h).
 #include "ops_common.h"
@@ -12,6 +12,7 @@
 #endif
 
 #include "attention/attention.h"
+#include "cpu_isa.h"
 #endif
 
 GK_TORCH_LIBRARY(m) {
@@ -48,6 +49,15 @@ GK_TORCH_LIBRARY(m) {
         return int64_t(1);
 #endif
     });
+    // The instruction set the CPU kernels run (csrc/cpu_isa.h; a bad GSPLAT_KIT_ISA raises here), what
+    // GSPLAT_KIT_ISA may choose on this CPU, and whether this build chooses at run time at all.
+    m.def("cpu_isa() -> str", [] { return std::string(gk::cpu::selected_name()); });
+    m.def("cpu_isa_choices() -> str[]", [] {
+        std::vector<std::string> names;
+        for (const char* n : gk::cpu::choices()) names.emplace_back(n);
+        return names;
+    });
+    m.def("cpu_isa_dispatch() -> bool", [] { return gk::cpu::kDispatch; });
     // Whether the CPU attention products use torch's BLAS; `on` switches to the plain loops (False) or back.
     m.def("attention_cpu_blas(bool? on=None) -> bool", [](std::optional<bool> on) {
         if (on) gk::attn::set_cpu_blas(*on);

@@ -14,6 +14,7 @@ import json
 import os
 
 from gsplat_kit import _build_hash
+from gsplat_kit.common.errors import UserError
 
 _PKG = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.dirname(_PKG)
@@ -39,6 +40,11 @@ def load():
     try:
         from gsplat_kit import _C  # noqa: F401  (loading the library registers the ops)
     except ImportError as e:
+        built_for = build_info().get("torch")
+        if built_for and built_for != torch.__version__:
+            raise NativeBuildError(
+                f"gsplat_kit._C was built against torch {built_for} and this is torch {torch.__version__} ({e}): "
+                f"install gsplat_kit again against this torch, or that torch. {_HOW}") from e
         raise NativeBuildError(f"gsplat_kit's native module gsplat_kit._C is not built or does not load ({e}). {_HOW}") from e
     if os.environ.get("GSPLAT_KIT_ALLOW_STALE", "0") in ("", "0"):
         current = _sources_hash()
@@ -55,7 +61,12 @@ def load():
                     "(GSPLAT_KIT_ALLOW_STALE=1 skips this check.)"
                 )
     register_fakes(NAMESPACE)
-    return getattr(torch.ops, NAMESPACE)
+    ops = getattr(torch.ops, NAMESPACE)
+    try:
+        ops.cpu_isa()  # chooses the CPU kernels' instruction set now: a bad GSPLAT_KIT_ISA fails here
+    except RuntimeError as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    return ops
 
 
 _selected = None  # the namespace use_ops() routes to, or None
@@ -85,12 +96,40 @@ def cuda_compiled() -> bool:
     return bool(load().cuda_compiled())
 
 
+def build_info() -> dict:
+    """gsplat_kit/_build_info.json, written by setup.py beside the module: the sources' hash, the torch it
+    was built against, the CPU target; {} when absent or unreadable."""
+    try:
+        with open(os.path.join(_PKG, "_build_info.json")) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels run: avx512, avx2 or sse (x86-64), chosen by the CPU, or by
+    GSPLAT_KIT_ISA (csrc/cpu_isa.h)."""
+    return str(load().cpu_isa())
+
+
+def cpu_isa_choices() -> list[str]:
+    """What GSPLAT_KIT_ISA may choose on this CPU in this build, best first (one entry in a build for
+    one CPU, GSPLAT_KIT_MARCH)."""
+    return [str(n) for n in load().cpu_isa_choices()]
+
+
 def describe() -> str:
     import torch
 
     gpu = torch.cuda.is_available()
+    ops = load()
+    if ops.cpu_isa_dispatch():
+        simd = f"{cpu_isa()} (chosen at run time among {', '.join(cpu_isa_choices())}; GSPLAT_KIT_ISA overrides)"
+    else:
+        simd = f"{cpu_isa()} (built for one CPU: {build_info().get('cpu_target', 'GSPLAT_KIT_MARCH')})"
     return (
-        f"gsplat_kit._C: CPU kernels (OpenMP, {load().omp_max_threads()} threads); "
+        f"gsplat_kit._C: CPU kernels (OpenMP, {ops.omp_max_threads()} threads, SIMD {simd}); "
         f"CUDA kernels {'compiled in' if cuda_compiled() else 'not compiled'}; "
         f"GPU {'visible: ' + torch.cuda.get_device_name() if gpu else 'not visible'}"
     )

@@ -5,10 +5,18 @@
 #include <cmath>
 #include <cstdint>
 
+// In a CPU kernel file compiled once per instruction set (csrc/cpu_isa.h), the inline functions here
+// always inline: an out-of-line copy would be one symbol shared with the other sets' objects.
+#if defined(GK_CPU_ISA)
+#define GK_CPU_INLINE inline __attribute__((always_inline))
+#else
+#define GK_CPU_INLINE inline
+#endif
+
 #ifdef __CUDACC__
 #define GK_HD __host__ __device__ __forceinline__
 #else
-#define GK_HD inline
+#define GK_HD GK_CPU_INLINE
 #endif
 
 namespace gk {
@@ -34,7 +42,7 @@ template <typename T> struct Mat3 { T m[3][3]; };
 // Cephes' expf: e^x = 2^n e^r with n = round(x / ln2), |r| <= ln2 / 2, and e^r by a degree-5
 // polynomial (~1 ulp). Written once for a float and for a GCC vector of floats (the CPU loops, below);
 // branch-free, so that loops over it vectorise. The GPU uses its own __expf.
-template <typename V> inline V exp_reduced(V r) {
+template <typename V> GK_CPU_INLINE V exp_reduced(V r) {
     V y = r * 1.9875691500e-4f + 1.3981999507e-3f;
     y = y * r + 8.3334519073e-3f;
     y = y * r + 4.1665795894e-2f;
@@ -43,7 +51,7 @@ template <typename V> inline V exp_reduced(V r) {
     return y * (r * r) + r + 1.0f;
 }
 
-inline float exp_poly(float x) {
+GK_CPU_INLINE float exp_poly(float x) {
     x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
     const float t = x * 1.44269504088896341f;
     const int32_t ni = int32_t(t + (t < 0.f ? -0.5f : 0.5f));  // round to nearest (no floorf: it blocks vectorisation)
@@ -54,7 +62,8 @@ inline float exp_poly(float x) {
 
 #ifndef __CUDACC__
 // Explicit SIMD for the CPU kernels' hot loops (GCC vector extensions): the widest vectors the build
-// targets, so the same source is AVX-512, AVX2 or SSE code.
+// targets, so the same source is AVX-512, AVX2 or SSE code (a portable build compiles the kernels once
+// per instruction set: csrc/cpu_isa.h).
 namespace simd {
 #if defined(__AVX512F__)
 constexpr int kBytes = 64;
@@ -67,32 +76,32 @@ typedef float VF __attribute__((vector_size(kBytes)));
 typedef int32_t VI __attribute__((vector_size(kBytes)));  // lane masks: -1 true, 0 false
 constexpr int kLanes = kBytes / sizeof(float);
 
-inline VF load(const float* p) {
+GK_CPU_INLINE VF load(const float* p) {
     VF v;
     __builtin_memcpy(&v, p, sizeof v);  // unaligned load
     return v;
 }
-inline VI load(const int32_t* p) {
+GK_CPU_INLINE VI load(const int32_t* p) {
     VI v;
     __builtin_memcpy(&v, p, sizeof v);
     return v;
 }
-inline void store(float* p, VF v) { __builtin_memcpy(p, &v, sizeof v); }
-inline void store(int32_t* p, VI v) { __builtin_memcpy(p, &v, sizeof v); }
-inline VF abs(VF x) { return x < 0.f ? -x : x; }
-inline float sum(VF x) {
+GK_CPU_INLINE void store(float* p, VF v) { __builtin_memcpy(p, &v, sizeof v); }
+GK_CPU_INLINE void store(int32_t* p, VI v) { __builtin_memcpy(p, &v, sizeof v); }
+GK_CPU_INLINE VF abs(VF x) { return x < 0.f ? -x : x; }
+GK_CPU_INLINE float sum(VF x) {
     float s = 0;
     for (int l = 0; l < kLanes; ++l) s += x[l];
     return s;
 }
-inline int count(VI masks) {  // true lanes of a mask, or of a sum of masks
+GK_CPU_INLINE int count(VI masks) {  // true lanes of a mask, or of a sum of masks
     int n = 0;
     for (int l = 0; l < kLanes; ++l) n -= masks[l];
     return n;
 }
 }  // namespace simd
 
-inline simd::VF exp_poly(simd::VF x) {
+GK_CPU_INLINE simd::VF exp_poly(simd::VF x) {
     x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
     const simd::VF n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round(x / ln2): 1.5 * 2^23 trick
     const simd::VF r = x - n * 0.693359375f + n * 2.12194440e-4f;

@@ -9,15 +9,20 @@
 // The backward to x: each moment is a window sum, and the window is symmetric, so with G = dL/dS
 //     dL/dx = w*(G dS/dmu1) + 2 x w*(G dS/de11) + y w*(G dS/de12),
 //     dS/dmu1 = 2 mu2 (B - A) / (C D) - 2 mu1 S (1/C - 1/D),  dS/de11 = -S / D,  dS/de12 = 2 A / (C D).
-#include <ATen/ATen.h>
-#include <torch/library.h>
-
+//
+// Compiled once per instruction set (csrc/cpu_isa.h): everything here is in gk::isa_<set>; the op that
+// checks the tensors and calls it is ssim_ops.cpp.
 #include <algorithm>
 #include <vector>
 
-namespace {
+#include "../cpu_isa.h"
 
-using at::Tensor;
+#ifndef GK_CPU_ISA
+#error "compiled once per instruction set by setup.py, with -DGK_CPU_ISA=<set> (csrc/cpu_isa.h)"
+#endif
+
+namespace gk::GK_CPU_ISA_NS {
+namespace {
 
 // out = w * in on one H x W plane (zero padding, "same" size); tmp: H x W scratch. The tap loops are
 // outside, so the inner loops run along rows and vectorise.
@@ -59,19 +64,11 @@ template <typename T> inline SsimTerms<T> ssim_terms(const T* m, int64_t N, int6
     return {mu1, mu2, 2 * mu1 * mu2 + T(kC1), 2 * s12 + T(kC2), mu1 * mu1 + mu2 * mu2 + T(kC1), s11 + s22 + T(kC2)};
 }
 
-void check_images(const Tensor& x, const Tensor& y, const Tensor& g) {
-    TORCH_CHECK(x.dim() == 4 && x.sizes() == y.sizes(), "ssim: two [B, C, H, W] images of one shape expected, got ",
-                x.sizes(), " and ", y.sizes());
-    TORCH_CHECK(!x.is_cuda() && !y.is_cuda(), "ssim: the native SSIM is CPU only");
-    TORCH_CHECK(x.scalar_type() == y.scalar_type() && g.scalar_type() == x.scalar_type() &&
-                    (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
-                "ssim: images and window must share a float32 or float64 dtype");
-    TORCH_CHECK(g.dim() == 1 && g.size(0) % 2 == 1, "ssim: the window must be 1-D with an odd size");
-}
-
 // The five moments of every plane (moments: [5][planes][P]) and the SSIM map.
+}  // namespace
+
 template <typename T>
-void ssim_forward_impl(const T* xs, const T* ys, const T* g, int k, int64_t planes, int H, int W, T* m, T* smap) {
+void Kernels::ssim_forward(const T* xs, const T* ys, const T* g, int k, int64_t planes, int H, int W, T* m, T* smap) {
     const int64_t P = int64_t(H) * W, N = planes * P;
 #pragma omp parallel
     {
@@ -101,8 +98,8 @@ void ssim_forward_impl(const T* xs, const T* ys, const T* g, int k, int64_t plan
 
 // dL/dx from the moments and dL/dS = G; t: [3][planes][P] scratch.
 template <typename T>
-void ssim_backward_impl(const T* xs, const T* ys, const T* g, int k, int64_t planes, int H, int W, const T* m,
-                        const T* G, T* t, T* dx) {
+void Kernels::ssim_backward(const T* xs, const T* ys, const T* g, int k, int64_t planes, int H, int W, const T* m,
+                            const T* G, T* t, T* dx) {
     const int64_t P = int64_t(H) * W, N = planes * P;
 #pragma omp parallel
     {
@@ -131,44 +128,13 @@ void ssim_backward_impl(const T* xs, const T* ys, const T* g, int k, int64_t pla
     }
 }
 
-// Returns (ssim map [B, C, H, W], moments [5, B, C, H, W]: mu1, mu2, e11, e22, e12).
-std::tuple<Tensor, Tensor> ssim_forward(const Tensor& x_, const Tensor& y_, const Tensor& g_) {
-    check_images(x_, y_, g_);
-    const Tensor x = x_.contiguous(), y = y_.contiguous(), g = g_.contiguous();
-    Tensor moments = at::empty({5, x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
-    Tensor smap = at::empty_like(x);
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssim_forward", [&] {
-        ssim_forward_impl<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), int(g.size(0)),
-                                    x.size(0) * x.size(1), int(x.size(2)), int(x.size(3)), moments.data_ptr<scalar_t>(),
-                                    smap.data_ptr<scalar_t>());
-    });
-    return {smap, moments};
-}
 
-// dL/dx for dL/dS = grad (the map's gradient), from the forward's moments.
-Tensor ssim_backward(const Tensor& x_, const Tensor& y_, const Tensor& g_, const Tensor& moments_, const Tensor& grad_) {
-    check_images(x_, y_, g_);
-    const Tensor &x = x_, &grad = grad_, &moments = moments_;
-    TORCH_CHECK(grad.sizes() == x.sizes() && moments.dim() == 5 && moments.size(0) == 5 && moments.size(1) == x.size(0) &&
-                    moments.size(2) == x.size(1) && moments.size(3) == x.size(2) && moments.size(4) == x.size(3) &&
-                    grad.scalar_type() == x.scalar_type() && moments.scalar_type() == x.scalar_type(),
-                "ssim_backward: grad and moments do not match the images");
-    const Tensor xc = x.contiguous(), yc = y_.contiguous(), gc = g_.contiguous(), gradc = grad.contiguous(),
-                 mc = moments.contiguous();
-    Tensor terms = at::empty({3, x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
-    Tensor dx = at::empty_like(xc);
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssim_backward", [&] {
-        ssim_backward_impl<scalar_t>(xc.data_ptr<scalar_t>(), yc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), int(gc.size(0)),
-                                     x.size(0) * x.size(1), int(x.size(2)), int(x.size(3)), mc.data_ptr<scalar_t>(),
-                                     gradc.data_ptr<scalar_t>(), terms.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>());
-    });
-    return dx;
-}
+#define GK_SSIM_INSTANTIATE(T)                                                                                      \
+    template void Kernels::ssim_forward<T>(const T*, const T*, const T*, int, int64_t, int, int, T*, T*);          \
+    template void Kernels::ssim_backward<T>(const T*, const T*, const T*, int, int64_t, int, int, const T*, const T*, \
+                                            T*, T*);
+GK_SSIM_INSTANTIATE(float)
+GK_SSIM_INSTANTIATE(double)
+#undef GK_SSIM_INSTANTIATE
 
-}  // namespace
-
-// CPU only: on a GPU, gsplat_kit/train/losses.py computes SSIM with torch ops (schema: csrc/bindings.cpp).
-TORCH_LIBRARY_IMPL(gsplat_kit, CPU, m) {
-    m.impl("ssim_forward", TORCH_FN(ssim_forward));
-    m.impl("ssim_backward", TORCH_FN(ssim_backward));
-}
+}  // namespace gk::GK_CPU_ISA_NS

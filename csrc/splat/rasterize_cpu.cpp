@@ -6,15 +6,22 @@
 // vertical extent is sqrt(2 ln(255 o) cov_yy). Rows beyond it (plus a pixel of margin) are skipped:
 // they would evaluate to alpha = 0 anyway, so the result is the same, only faster. Rows whose pixels
 // have all stopped are skipped too.
+//
+// Compiled once per instruction set (csrc/cpu_isa.h): everything here is in gk::isa_<set>.
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <vector>
 
+#include "../cpu_isa.h"
 #include "gk_blend.h"
 #include "kernels.h"
 
-namespace gk {
+#ifndef GK_CPU_ISA
+#error "compiled once per instruction set by setup.py, with -DGK_CPU_ISA=<set> (csrc/cpu_isa.h)"
+#endif
+
+namespace gk::GK_CPU_ISA_NS {
 
 namespace {
 
@@ -341,7 +348,7 @@ template <typename F> void with_channels(int D, F&& f) {
 
 }  // namespace
 
-template <typename T> void rasterize_fwd_cpu(const TileGrid& g, const Splats2D<T>& s, const RasterizeFwdOut<T>& o) {
+template <typename T> void Kernels::rasterize_fwd(const TileGrid& g, const Splats2D<T>& s, const RasterizeFwdOut<T>& o) {
     with_channels(s.D, [&](auto dc) {
         with_lanes<T>(g.tile_size, [&](auto lanes) {
             using L = decltype(lanes);
@@ -359,7 +366,7 @@ template <typename T> void rasterize_fwd_cpu(const TileGrid& g, const Splats2D<T
     });
 }
 
-template <typename T> void rasterize_bwd_cpu(const TileGrid& g, const Splats2D<T>& s, const RasterizeBwd<T>& b) {
+template <typename T> void Kernels::rasterize_bwd(const TileGrid& g, const Splats2D<T>& s, const RasterizeBwd<T>& b) {
     const int D = s.D, stride = kRecordFixed + D;
     std::vector<T> records(size_t(s.n_isects) * stride, T(0));
     with_channels(D, [&](auto dc) {
@@ -386,9 +393,9 @@ template <typename T> void rasterize_bwd_cpu(const TileGrid& g, const Splats2D<T
     }
 }
 
-template void rasterize_fwd_cpu<float>(const TileGrid&, const Splats2D<float>&, const RasterizeFwdOut<float>&);
-template void rasterize_fwd_cpu<double>(const TileGrid&, const Splats2D<double>&, const RasterizeFwdOut<double>&);
-template void rasterize_bwd_cpu<float>(const TileGrid&, const Splats2D<float>&, const RasterizeBwd<float>&);
-template void rasterize_bwd_cpu<double>(const TileGrid&, const Splats2D<double>&, const RasterizeBwd<double>&);
+template void Kernels::rasterize_fwd<float>(const TileGrid&, const Splats2D<float>&, const RasterizeFwdOut<float>&);
+template void Kernels::rasterize_fwd<double>(const TileGrid&, const Splats2D<double>&, const RasterizeFwdOut<double>&);
+template void Kernels::rasterize_bwd<float>(const TileGrid&, const Splats2D<float>&, const RasterizeBwd<float>&);
+template void Kernels::rasterize_bwd<double>(const TileGrid&, const Splats2D<double>&, const RasterizeBwd<double>&);
 
-}  // namespace gk
+}  // namespace gk::GK_CPU_ISA_NS
