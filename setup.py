@@ -87,7 +87,7 @@ def want_cuda():
 
 # The CPU kernel files compiled once per instruction set (csrc/cpu_isa.h), and the x86-64 levels of the
 # sets, lowest first.
-CPU_ISA_SOURCES = ["csrc/splat/rasterize_cpu.cpp", "csrc/loss/ssim_cpu.cpp", "csrc/attention/softmax_cpu.cpp"]
+CPU_ISA_SOURCES = ["csrc/splat/rasterize_cpu.cpp", "csrc/loss/ssim_cpu.cpp", "csrc/attention/attention_rows_cpu.cpp"]
 X86_ISAS = {"sse": "x86-64", "avx2": "x86-64-v3", "avx512": "x86-64-v4"}
 
 

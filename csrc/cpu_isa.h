@@ -1,7 +1,7 @@
 // The CPU kernels' SIMD loops, compiled once per x86 instruction set and chosen at run time, so that one
 // binary (a wheel) runs at full width on an AVX-512 machine and still runs on a CPU with SSE2 only.
 //
-// A kernel file (rasterize_cpu.cpp, ssim_cpu.cpp, softmax_cpu.cpp: setup.py's CPU_ISA_SOURCES) is
+// A kernel file (rasterize_cpu.cpp, ssim_cpu.cpp, attention_rows_cpu.cpp: setup.py's CPU_ISA_SOURCES) is
 // compiled once per instruction set, with that set's -march and -DGK_CPU_ISA=<name>, and defines the
 // members of gk::isa_<name>::Kernels below; everything else it defines lives in that namespace too. So
 // no function compiled with wide instructions is shared with code that runs elsewhere: the linker keeps
@@ -40,8 +40,12 @@ namespace gk {
         template <typename T>                                                                                            \
         static void ssim_backward(const T* x, const T* y, const T* window, int k, int64_t planes, int H, int W,          \
                                   const T* moments, const T* grad, T* t, T* dx);                                         \
-        /* Row-wise softmax in place over the first K of rows of stride ld (a multiple of 16): attention_cpu.cpp. */    \
+        /* The attention kernel's rows (attention_rows_cpu.cpp): softmax in place over the first K of rows of   */    \
+        /* stride ld (a multiple of 16), and the cross edit of nr rows.                                            */    \
         static void softmax_rows(float* S, int nrows, int K, int ld);                                                    \
+        template <typename T>                                                                                            \
+        static void edit_rows(int nr, int ld, int K, int E, const int32_t* rows, const T* vals, const T* c, const T* own, \
+                              const T* base, T* out);                                                                    \
     };                                                                                                                   \
     }
 

@@ -76,7 +76,7 @@ template <typename T> void pv_block(const T* P, int nr, int ldP, int K, const T*
     }
 }
 
-// float32: the vector softmax of softmax_cpu.cpp, in the instruction set csrc/cpu_isa.h chose.
+// float32: the vector softmax of attention_rows_cpu.cpp, in the instruction set csrc/cpu_isa.h chose.
 void softmax_rows(float* S, int nrows, int K, int ld) {
     cpu::dispatch([&](auto kern) { kern.softmax_rows(S, nrows, K, ld); });
 }
@@ -115,23 +115,6 @@ template <typename T> EllSlot<T> ell_slot(const EditCols<T>& e, int t) {
         }
     s.c = e.c + (int64_t)t * K;
     return s;
-}
-
-// out[n] = own[n] c[n] + sum_w base[w] W[w, n] (attention_math.h); own null: the slot never reads it.
-template <typename T> void edited_row(const EllSlot<T>& s, int K, const T* __restrict own, const T* __restrict base,
-                                      T* __restrict out) {
-    if (own) {
-#pragma omp simd
-        for (int n = 0; n < K; ++n) out[n] = own[n] * s.c[n];
-    } else {
-        std::fill(out, out + K, T(0));
-    }
-    for (int l = 0; l < s.E; ++l) {
-        const int32_t* __restrict rw = s.rows.data() + (size_t)l * K;
-        const T* __restrict vl = s.vals.data() + (size_t)l * K;
-#pragma omp simd
-        for (int n = 0; n < K; ++n) out[n] += base[rw[n]] * vl[n];
-    }
 }
 
 }  // namespace
@@ -229,9 +212,11 @@ template <typename T> void attention_fwd_cpu(const AttnArgs<T>& a) {
                         if (t < 0) {
                             P = base;  // map injection
                         } else {
-                            for (int r = 0; r < nr; ++r)
-                                edited_row(ell[b], K, needs_own[b] ? ownp + (int64_t)r * ldS : nullptr, base + (int64_t)r * ldS,
-                                           edited.data() + (int64_t)r * ldS);
+                            const EllSlot<T>& e = ell[b];
+                            cpu::dispatch([&](auto kern) {
+                                kern.template edit_rows<T>(nr, ldS, K, e.E, e.rows.data(), e.vals.data(), e.c,
+                                                           needs_own[b] ? ownp : nullptr, base, edited.data());
+                            });
                             P = edited.data();
                         }
                     }

@@ -1,6 +1,7 @@
-// The attention kernel's row softmax on the CPU (attention_cpu.cpp calls it between its two products),
-// in explicit float vectors (gk_common.h, simd). Compiled once per instruction set (csrc/cpu_isa.h):
-// everything here is in gk::isa_<set>.
+// The attention kernel's loops over rows of a block of maps on the CPU, which attention_cpu.cpp calls
+// between its two products: the row softmax, in explicit float vectors (gk_common.h, simd), and the
+// cross edit. Compiled once per instruction set (csrc/cpu_isa.h): everything here is in gk::isa_<set>.
+#include <algorithm>
 #include <limits>
 
 #include "../cpu_isa.h"
@@ -53,5 +54,34 @@ void Kernels::softmax_rows(float* S, int nrows, int K, int ld) {
         for (int c = 0; c < nv; ++c) simd::store(s + c * kVF, simd::load(s + c * kVF) * inv);
     }
 }
+
+// out[n] = own[n] c[n] + sum_w base[w] W[w, n] (attention_math.h) for nr rows of stride ld, W as E ELLPACK
+// layers of (row, weight) per column ([E, K] each, attention_cpu.cpp); own null: the slot never reads it.
+template <typename T>
+void Kernels::edit_rows(int nr, int ld, int K, int E, const int32_t* rows, const T* vals, const T* c, const T* own,
+                        const T* base, T* out_rows) {
+    for (int r = 0; r < nr; ++r) {
+        T* __restrict out = out_rows + (int64_t)r * ld;
+        const T* __restrict b = base + (int64_t)r * ld;
+        if (own) {
+            const T* __restrict o = own + (int64_t)r * ld;
+#pragma omp simd
+            for (int n = 0; n < K; ++n) out[n] = o[n] * c[n];
+        } else {
+            std::fill(out, out + K, T(0));
+        }
+        for (int l = 0; l < E; ++l) {
+            const int32_t* __restrict rw = rows + (size_t)l * K;
+            const T* __restrict vl = vals + (size_t)l * K;
+#pragma omp simd
+            for (int n = 0; n < K; ++n) out[n] += b[rw[n]] * vl[n];
+        }
+    }
+}
+
+template void Kernels::edit_rows<float>(int, int, int, int, const int32_t*, const float*, const float*, const float*,
+                                        const float*, float*);
+template void Kernels::edit_rows<double>(int, int, int, int, const int32_t*, const double*, const double*, const double*,
+                                         const double*, double*);
 
 }  // namespace gk::GK_CPU_ISA_NS
