@@ -42,7 +42,6 @@ from gsplat_kit.render._wrapper import _Projection, _RasterizeToPixels, _Spheric
 from gsplat_kit.scene.splats import Splats
 from gsplat_kit.train.config import TrainConfig
 from gsplat_kit.train.loop import TrainerBase, TrainingDiverged
-from gsplat_kit.train.losses import photometric_loss
 from gsplat_kit.train.rendering import resolve_device
 from gsplat_kit.train.schedules import sh_degree_at
 
@@ -587,7 +586,7 @@ class DistributedTrainer(TrainerBase):
                                         sh_degree_at(step, cfg.sh_degree, cfg.sh_degree_interval), comm, bgs,
                                         cfg.near_plane, cfg.far_plane, mode)
             self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, step, info)
-            loss = sum(photometric_loss(rgb[j:j + 1], self._image(idx[b])[None].to(dtype), cfg.ssim_lambda)[0]
+            loss = sum(self._view_loss(rgb[j:j + 1], self._image(idx[b])[None].to(dtype), views[b])
                        for j, b in enumerate(self.mine)) / B
             reg = self.strategy.regularization(self.splats)
             if reg is not None:
