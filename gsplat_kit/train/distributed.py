@@ -41,7 +41,7 @@ from gsplat_kit.common.errors import UserError
 from gsplat_kit.render._wrapper import _Projection, _RasterizeToPixels, _SphericalHarmonics, isect_tiles
 from gsplat_kit.scene.splats import Splats
 from gsplat_kit.train.config import TrainConfig
-from gsplat_kit.train.loop import TrainerBase, TrainingDiverged
+from gsplat_kit.train.loop import TrainerBase, TrainingDiverged, peak_memory_mb, seed_everything
 from gsplat_kit.train.rendering import resolve_device
 from gsplat_kit.train.schedules import sh_degree_at
 
@@ -466,7 +466,6 @@ class DistributedTrainer(TrainerBase):
         from gsplat_kit.train.dist_strategy import ShardedStrategy
         from gsplat_kit.train.init import init_splats
         from gsplat_kit.train.strategy import make_strategy
-        from gsplat_kit.train.trainer import seed_everything
 
         self.cfg, self.dcfg, self.comm, self.device = cfg.validate(), dcfg, comm, device
         self.out = out or cfg.out
@@ -513,7 +512,6 @@ class DistributedTrainer(TrainerBase):
         """Continues bit for bit from a checkpoint of the same world size; one written by another number of
         ranks is resharded (the same Gaussians, moments and batches; each rank's random stream restarts)."""
         from gsplat_kit.common.safe_load import load_torch_data
-        from gsplat_kit.train.trainer import seed_everything
 
         path = shard_file(folder, self.comm.rank, self.comm.world)
         if old_world == self.comm.world:
@@ -523,18 +521,15 @@ class DistributedTrainer(TrainerBase):
             if self.comm.rank == 0:
                 print(f"resume: {folder} was written by {old_world} ranks; resharded onto {self.comm.world} (the run "
                       f"continues, but not bit for bit: each rank's random stream restarts)", file=sys.stderr)
-        if ck["config"].get("strategy") != self.cfg.strategy:
-            raise UserError(f"{path} was trained with strategy {ck['config'].get('strategy')!r}, "
-                            f"not {self.cfg.strategy!r}")
+        self._check_strategy(ck, path)
         if ck["batch_size"] != self.batch_size:
             raise UserError(f"{path} was trained with --batch-size {ck['batch_size']}, not {self.batch_size}")
-        self._restore_params(ck)
+        self._restore_params(ck, folder)
         self.sampler.load_state_dict(ck["sampler"])
         if old_world == self.comm.world:
             _set_rng_state(ck["rng"], self.device)
         else:
             seed_everything(self.cfg.seed + self.comm.rank + 1_000_003 * int(ck["step"]))
-        self.step, self.elapsed, self.last_ckpt = int(ck["step"]), float(ck["elapsed"]), str(folder)
 
     @property
     def num_gaussians(self) -> int:
@@ -592,7 +587,7 @@ class DistributedTrainer(TrainerBase):
             if reg is not None:
                 loss = loss + reg
             loss_v = float(comm.all_sum(loss.detach().reshape(1))[0])
-            self._optimize(loss, loss_v, step, info, where=f" (views {', '.join(str(v.name) for v in views)})")
+            self._backward_and_step(loss, loss_v, step, info, where=f" (views {', '.join(str(v.name) for v in views)})")
             self.strategy.sizes = rebalance(self.splats, self.optimizers, self.strategy_state, comm,
                                             self.dcfg.rebalance_tol)
             return loss_v, None
@@ -607,8 +602,6 @@ class DistributedTrainer(TrainerBase):
     def train(self) -> dict | None:
         """The whole job; rank 0 writes config.json, point_cloud.ply (gathered), eval/ and metrics.json and
         returns the metrics, the other ranks return None."""
-        from gsplat_kit.train.trainer import peak_memory_mb
-
         comm = self.comm
         start_step = self.step
         if comm.rank == 0:

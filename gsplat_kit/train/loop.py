@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import math
 import os
+import random
+import resource
 import time
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -28,6 +31,18 @@ from gsplat_kit.train.schedules import exponential_lr, sh_degree_at
 class TrainingDiverged(UserError, RuntimeError):
     """The loss (or a parameter) stopped being finite: the learning rates or the data are at fault, so it is
     reported like bad input (one line naming the step and the last good checkpoint)."""
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB; whole process
 
 
 class TrainerBase:
@@ -79,8 +94,13 @@ class TrainerBase:
         self.optimizers = self._make_optimizers()
         self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
 
-    def _restore_params(self, ck: dict):
-        """The Gaussians, Adam moments and strategy statistics of checkpoint `ck`, on this device."""
+    def _check_strategy(self, ck: dict, where):
+        if ck["config"].get("strategy") != self.cfg.strategy:
+            raise UserError(f"{where}: trained with strategy {ck['config'].get('strategy')!r}, not {self.cfg.strategy!r}")
+
+    def _restore_params(self, ck: dict, where):
+        """The Gaussians, Adam moments, strategy statistics, step and training time of checkpoint `ck` (read
+        from `where`), on this device."""
         self.splats = {k: torch.nn.Parameter(v.to(self.device)) for k, v in ck["splats"].items()}
         self.optimizers = self._make_optimizers()
         for k, o in self.optimizers.items():
@@ -89,6 +109,7 @@ class TrainerBase:
             o.load_state_dict({"state": ck["optimizers"][k]["state"], "param_groups": o.state_dict()["param_groups"]})
         self.strategy_state = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
                                for k, v in ck["strategy_state"].items()}
+        self.step, self.elapsed, self.last_ckpt = int(ck["step"]), float(ck.get("elapsed", 0.0)), str(where)
 
     # --- one step ------------------------------------------------------------------------------------
     def _image(self, i: int) -> torch.Tensor:
@@ -106,9 +127,12 @@ class TrainerBase:
             rgb, gt = rgb * m, gt * m
         return photometric_loss(rgb, gt, self.cfg.ssim_lambda)[0]
 
-    def _optimize(self, loss: torch.Tensor, loss_v: float, step: int, info: dict, where: str = ""):
-        """Step `step` after its forward pass and the strategy's pre-backward hook. `loss_v` is the loss
-        over the whole batch (all ranks); `where` names what was rendered, for the error."""
+    def _backward_and_step(self, loss: torch.Tensor, loss_v: float, step: int, info: dict, where: str = ""):
+        """Ends step `step` after its forward pass and the strategy's pre-backward hook. A loss that is not
+        finite (`loss_v`: the whole batch's, summed over the ranks) raises TrainingDiverged before anything is
+        stepped (`where` names what was rendered); otherwise backward, this step's position rate (3DGS's
+        exponential decay), Adam on every attribute, its gradients dropped (set_to_none), and then the
+        strategy densifies the stepped Gaussians."""
         cfg = self.cfg
         if not math.isfinite(loss_v):
             raise TrainingDiverged(
@@ -123,7 +147,7 @@ class TrainerBase:
         for o in self.optimizers.values():
             o.step()
             o.zero_grad(set_to_none=True)
-        # densify after the optimizer step, with this step's position rate (MCMC scales its noise by it)
+        # after the optimizer step, as gsplat orders it; MCMC scales its position noise by this step's rate
         self.strategy.step_post_backward(self.splats, self.optimizers, self.strategy_state, step, info,
                                          lr=means_lr)
 

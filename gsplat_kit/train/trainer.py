@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-import random
-import resource
 import sys
 
-import numpy as np
 import torch
 
 from gsplat_kit.common.errors import UserError
@@ -17,7 +14,7 @@ from gsplat_kit.train import checkpoint as ckpt
 from gsplat_kit.train import export
 from gsplat_kit.train.config import TrainConfig
 from gsplat_kit.train.init import init_splats
-from gsplat_kit.train.loop import TrainerBase, TrainingDiverged
+from gsplat_kit.train.loop import TrainerBase, TrainingDiverged, peak_memory_mb, seed_everything
 from gsplat_kit.train.rendering import render, resolve_device
 from gsplat_kit.train.schedules import sh_degree_at
 from gsplat_kit.train.strategy import make_strategy
@@ -50,18 +47,6 @@ class ViewSampler:
             raise UserError(f"{where}: trained on {s['n']} views, this scene has {self.n}")
         self.gen.set_state(s["gen"])
         self.perm, self.pos = list(s["perm"]), s["pos"]
-
-
-def seed_everything(seed: int):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB; whole process
 
 
 class Trainer(TrainerBase):
@@ -106,16 +91,12 @@ class Trainer(TrainerBase):
     # --- setup ---------------------------------------------------------------------------------------
     def _restore(self, path: str, ck: dict):
         """Continues from checkpoint `ck` (as `ckpt.load_checkpoint(path)` returned it)."""
-        if ck["config"].get("strategy") != self.cfg.strategy:
-            raise UserError(f"{path}: trained with strategy {ck['config'].get('strategy')!r}, not {self.cfg.strategy!r}")
+        self._check_strategy(ck, path)
         n = int(ck["splats"]["means"].shape[0])
         self.strategy.check_state(ck["strategy_state"], n, path)
-        self._restore_params(ck)
+        self._restore_params(ck, path)
         self.sampler.load_state_dict(ck["sampler"], path)
         ckpt.set_rng_state(ck["rng"], path)
-        self.step = int(ck["step"])
-        self.elapsed = float(ck.get("elapsed", 0.0))
-        self.last_ckpt = path
 
     # --- loop ----------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | None = None) -> str:
@@ -150,7 +131,7 @@ class Trainer(TrainerBase):
             if reg is not None:
                 loss = loss + reg(self.splats)
             loss_v = float(loss.detach())
-            self._optimize(loss, loss_v, step, info, where=f" (view {view.name})")
+            self._backward_and_step(loss, loss_v, step, info, where=f" (view {view.name})")
             if viewer is not None:
                 viewer.update(step=step + 1, loss=loss_v, num_gaussians=self.num_gaussians)
             return loss_v, lambda: -10 * math.log10(max(float(((rgb.detach().clamp(0, 1) - gt) ** 2).mean()), 1e-10))
