@@ -85,8 +85,8 @@ FAULTS = {
     ),
     "attention-no-rescale": (
         "csrc/attention/attention.cu",
-        "acc[d] = acc[d] * r + s[vj + d];",
-        "acc[d] = acc[d] + s[vj + d];",
+        "acc[i] = acc[i] * r + s[vj + ln.chan(i)];",
+        "acc[i] = acc[i] + s[vj + ln.chan(i)];",
         "the online softmax forgets to rescale the sum when the row maximum grows",
     ),
     "attention-edit-transposed": (
@@ -94,6 +94,12 @@ FAULTS = {
         "u[(int64_t)a.edit.rows[j] * Dv] += a.edit.vals[j] * vn;",
         "u[(int64_t)n * Dv] += a.edit.vals[j] * v[(int64_t)a.edit.rows[j] * Dv];",
         "the cross edit's matrix applied transposed to the values",
+    ),
+    "attention-lane-sum": (
+        "csrc/attention/attention.cu",
+        "for (int off = G / 2; off > 0; off /= 2)",
+        "for (int off = G / 2; off > 1; off /= 2)",
+        "a row's score sums half of the threads that hold its channels",
     ),
     "attention-store-tile-offset": (
         "csrc/attention/attention.cu",

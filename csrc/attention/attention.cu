@@ -1,7 +1,8 @@
 // CUDA schedule of the fused attention-map control kernel, tiled as in flash attention: a block takes
-// kRows query rows (one per thread) of one (element, head); the keys and values pass through shared
-// memory a tile at a time while each thread keeps an online softmax (running max, sum and the weighted
-// sum of values) in registers. Nothing of size [Q, K] exists unless the map store asks for it.
+// kRows query rows of one (element, head), each row split over 1..8 threads by head channel; the keys
+// and values pass through shared memory a tile at a time while each row keeps an online softmax
+// (running max, sum and the weighted sum of values) in registers. Nothing of size [Q, K] exists unless
+// the map store asks for it.
 //
 // The edit is applied to the values instead of the maps (attention_math.h's formula, reassociated):
 //     P_b V_b = own_b (c_t * V_b) + own_{src} (W_t V_b)
@@ -27,8 +28,9 @@
 namespace gk::attn {
 namespace {
 
-constexpr int kRows = 64;          // query rows per block, one per thread
-constexpr int kMaxKeyTile = 64;    // keys per shared-memory tile, at most
+constexpr int kRows = 64;         // query rows per block
+constexpr int kChan = 32;         // head channels a thread holds: a row is split over G = 1..8 threads
+constexpr int kMaxKeyTile = 64;   // keys per shared-memory tile, at most
 constexpr size_t kSharedBytes = 48 * 1024;  // the dynamic shared memory every architecture grants by default
 
 // One softmax-weighted sum over a row of keys: out = sum_n softmax(scale * q . k_n) * vals_n, where
@@ -45,20 +47,29 @@ template <typename T> struct RowStats {
     T m = -INFINITY, l = 0;
 };
 
-// The row of queries in registers: kHead bounds the head dims at compile time so the arrays stay
-// in registers (the loops are unrolled with a guard for the actual size).
-template <typename T, int kHead> struct Row {
-    T x[kHead];
-    __device__ void load(const T* p, int n) {
-        GK_UNROLL for (int d = 0; d < kHead; ++d) x[d] = d < n ? p[d] : T(0);
+// The threads of one query row: G consecutive lanes of a warp, lane g holding channels g, g + G, ...
+// (at most kChan of them, in registers: the loops over them are unrolled). Every lane of the group ends
+// a sum with the same bits (a butterfly adds the same two values on both sides).
+template <int G> struct Lanes {
+    int g;
+    __device__ Lanes() : g(threadIdx.x % G) {}
+    __device__ int chan(int i) const { return g + G * i; }
+    template <typename T> __device__ T sum(T x) const {
+        GK_UNROLL for (int off = G / 2; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off, G);
+        return x;
     }
 };
 
-template <typename T, int kHead, typename Shared>
-__device__ T dot_shared(const Row<T, kHead>& q, const Shared& s, int64_t at, int D) {
+template <typename T, int G> __device__ void load_row(const Lanes<G>& ln, const T* p, int n, T (&x)[kChan]) {
+    GK_UNROLL for (int i = 0; i < kChan; ++i) x[i] = ln.chan(i) < n ? p[ln.chan(i)] : T(0);
+}
+
+// scale * q . k for the key row at `at` of an array (shared or global), summed over the group's lanes.
+template <typename T, int G, typename Array>
+__device__ T score(const Lanes<G>& ln, const T (&q)[kChan], const Array& k, int64_t at, int D, T scale) {
     T acc = 0;
-    GK_UNROLL for (int d = 0; d < kHead; ++d) if (d < D) acc += q.x[d] * s[at + d];
-    return acc;
+    GK_UNROLL for (int i = 0; i < kChan; ++i) if (ln.chan(i) < D) acc += q[i] * k[at + ln.chan(i)];
+    return scale * ln.sum(acc);
 }
 
 // Stages keys [n0, n0 + nt) of a pass (keys, and values scaled by col_scale) in shared memory:
@@ -74,17 +85,18 @@ __device__ void stage_tile(const Pass<T>& p, int n0, int nt, int KT, int D, int 
     }
 }
 
-// One pass of a block: every thread's row of out gets (accumulate ? += : =) the softmax-weighted sum of
-// the pass's values; returns the row's final statistics (for the store pass). Every thread of the block
-// calls it (the barriers), rows past Q only help to load the tiles.
-template <typename T, int kHead, typename Shared>
+// One pass of a block: every row of out gets (accumulate ? += : =) the softmax-weighted sum of the
+// pass's values; returns the row's final statistics (for the store pass). Every thread of the block
+// runs all of it (barriers, and warp sums that need every lane); rows past Q compute the last row
+// again and write nothing.
+template <typename T, int G, typename Shared>
 __device__ RowStats<T> softmax_pass(const Pass<T>& p, const AttnArgs<T>& a, int row, bool active, int KT, T* out,
                                     bool accumulate, const Shared& s) {
     const int D = a.D, Dv = a.Dv;
-    Row<T, kHead> q;
-    q.load(p.q + (int64_t)row * D, D);
-    T acc[kHead];
-    GK_UNROLL for (int d = 0; d < kHead; ++d) acc[d] = 0;
+    const Lanes<G> ln;
+    T q[kChan], acc[kChan];
+    load_row(ln, p.q + (int64_t)row * D, D, q);
+    GK_UNROLL for (int i = 0; i < kChan; ++i) acc[i] = 0;
     RowStats<T> st;
     const int64_t vals = (int64_t)KT * D;
     for (int n0 = 0; n0 < a.K; n0 += KT) {
@@ -92,65 +104,63 @@ __device__ RowStats<T> softmax_pass(const Pass<T>& p, const AttnArgs<T>& a, int 
         __syncthreads();  // the previous tile is consumed
         stage_tile(p, n0, nt, KT, D, Dv, true, s);
         __syncthreads();
-        if (!active) continue;
         for (int j = 0; j < nt; ++j) {
-            const T sc = a.scale * dot_shared(q, s, (int64_t)j * D, D);
+            const T sc = score(ln, q, s, (int64_t)j * D, D, a.scale);
             const int64_t vj = vals + (int64_t)j * Dv;
             if (sc > st.m) {  // a new maximum rescales what was summed so far
                 const T r = attn_exp(st.m - sc);
                 st.l = st.l * r + T(1);
-                GK_UNROLL for (int d = 0; d < kHead; ++d) if (d < Dv) acc[d] = acc[d] * r + s[vj + d];
+                GK_UNROLL for (int i = 0; i < kChan; ++i) if (ln.chan(i) < Dv) acc[i] = acc[i] * r + s[vj + ln.chan(i)];
                 st.m = sc;
             } else {
                 const T e = softmax_num(sc, st.m);
                 st.l += e;
-                GK_UNROLL for (int d = 0; d < kHead; ++d) if (d < Dv) acc[d] += e * s[vj + d];
+                GK_UNROLL for (int i = 0; i < kChan; ++i) if (ln.chan(i) < Dv) acc[i] += e * s[vj + ln.chan(i)];
             }
         }
     }
     if (active) {
         const T inv = T(1) / st.l;
-        GK_UNROLL for (int d = 0; d < kHead; ++d) if (d < Dv) out[d] = (accumulate ? out[d] : T(0)) + acc[d] * inv;
+        GK_UNROLL for (int i = 0; i < kChan; ++i) {
+            const int d = ln.chan(i);
+            if (d < Dv) out[d] = (accumulate ? out[d] : T(0)) + acc[i] * inv;
+        }
     }
     return st;
 }
 
 // The map store: every entry of the row's (edited) map from the final statistics, added to the store
-// row (atomically: the heads of an element go to one row). own: the pass over the element's own keys
-// whose probabilities the map reads directly (none for a cross edit that never reads its own map);
-// base: the source's pass of a cross edit, whose probabilities at the edit's rows are recomputed.
-template <typename T, int kHead, typename Shared>
+// row (atomically: the heads of an element go to one row). own: the pass whose probabilities the map
+// reads directly; base: the source's pass of a cross edit, whose probabilities at the edit's rows are
+// recomputed from global memory.
+template <typename T, int G, typename Shared>
 __device__ void store_pass(const Pass<T>* own, RowStats<T> own_st, const Pass<T>* base, RowStats<T> base_st,
                            const AttnArgs<T>& a, int slot, int row, bool active, int KT, T* st_row, const Shared& s) {
     const int D = a.D;
-    Row<T, kHead> q;
-    if (own) q.load(own->q + (int64_t)row * D, D);
+    const Lanes<G> ln;
+    T q[kChan], qb[kChan];
+    load_row(ln, own ? own->q + (int64_t)row * D : nullptr, own ? D : 0, q);
+    load_row(ln, base ? base->q + (int64_t)row * D : nullptr, base ? D : 0, qb);
     const T inv_own = T(1) / own_st.l, inv_base = T(1) / base_st.l;
-    const T* qb = base ? base->q + (int64_t)row * D : nullptr;
-    auto base_p = [&](int w) {
-        const T* kw = base->k + (int64_t)w * D;
-        T sc = 0;
-        for (int d = 0; d < D; ++d) sc += qb[d] * kw[d];
-        return softmax_num(a.scale * sc, base_st.m) * inv_base;
-    };
+    auto base_p = [&](int w) { return softmax_num(score(ln, qb, base->k, (int64_t)w * D, D, a.scale), base_st.m) * inv_base; };
     for (int n0 = 0; n0 < a.K; n0 += KT) {
         const int nt = min(KT, a.K - n0);
         __syncthreads();
         if (own) stage_tile(*own, n0, nt, KT, D, a.Dv, false, s);
         __syncthreads();
-        if (!active) continue;
         for (int j = 0; j < nt; ++j) {
-            const T p_own = own ? softmax_num(a.scale * dot_shared(q, s, (int64_t)j * D, D), own_st.m) * inv_own : T(0);
+            const T p_own = own ? softmax_num(score(ln, q, s, (int64_t)j * D, D, a.scale), own_st.m) * inv_own : T(0);
             const T p = slot < 0 ? p_own : edited_prob(a.edit, slot, n0 + j, p_own, base_p);
-            atomicAdd(st_row + n0 + j, p);
+            if (active && ln.g == 0) atomicAdd(st_row + n0 + j, p);
         }
     }
 }
 
-template <typename T, int kHead> __global__ void __launch_bounds__(kRows) attention_fwd_kernel(const AttnArgs<T> a, const int KT) {
+template <typename T, int G>
+__global__ void __launch_bounds__(kRows * G) attention_fwd_kernel(const AttnArgs<T> a, const int KT) {
     GK_DYNAMIC_SHARED(T, s);
     const int h = blockIdx.y, b = blockIdx.z;
-    const int q = blockIdx.x * kRows + threadIdx.x;
+    const int q = blockIdx.x * kRows + threadIdx.x / G;
     const bool active = q < a.Q;
     const int row = active ? q : a.Q - 1;
     const int H = a.H, Q = a.Q, K = a.K, D = a.D, Dv = a.Dv;
@@ -161,19 +171,20 @@ template <typename T, int kHead> __global__ void __launch_bounds__(kRows) attent
     const Pass<T> source{a.q + sbh * Q * D, a.k + sbh * K * D, slot >= 0 ? a.edit_values + bh * K * Dv : v, nullptr};
     T* out = a.out + (bh * Q + row) * Dv;
 
-    RowStats<T> own_st, src_st;
+    // Up to two passes (one call site each for the passes and the store, so the kernel is compiled once).
     const bool own_used = src < 0 || (slot >= 0 && slot_needs_own(a.edit, slot));
-    if (own_used) own_st = softmax_pass<T, kHead>(own, a, row, active, KT, out, false, s);
-    if (src >= 0) src_st = softmax_pass<T, kHead>(source, a, row, active, KT, out, own_used, s);
+    const Pass<T>* passes[2] = {own_used ? &own : &source, &source};
+    const int n_passes = own_used && src >= 0 ? 2 : 1;
+    RowStats<T> st[2];
+    for (int i = 0; i < n_passes; ++i) st[i] = softmax_pass<T, G>(*passes[i], a, row, active, KT, out, i > 0, s);
 
     if (a.store && a.route.store_idx[b] >= 0) {
+        // The map a stored row reads directly (none for a cross edit that never reads its own map) and, for
+        // a cross edit, the source's pass whose probabilities the edit gathers.
+        const Pass<T>* direct = slot < 0 || own_used ? passes[0] : nullptr;
+        const Pass<T>* base = slot >= 0 ? &source : nullptr;
         T* st_row = a.store + ((int64_t)a.route.store_idx[b] * Q + row) * K;
-        if (slot >= 0)
-            store_pass<T, kHead>(own_used ? &own : nullptr, own_st, &source, src_st, a, slot, row, active, KT, st_row, s);
-        else if (src >= 0)  // map injection: the source's map
-            store_pass<T, kHead>(&source, src_st, nullptr, src_st, a, -1, row, active, KT, st_row, s);
-        else
-            store_pass<T, kHead>(&own, own_st, nullptr, own_st, a, -1, row, active, KT, st_row, s);
+        store_pass<T, G>(direct, st[0], base, st[n_passes - 1], a, slot, row, active, KT, st_row, s);
     }
 }
 
@@ -195,11 +206,11 @@ template <typename T> __global__ void edit_values_kernel(const AttnArgs<T> a) {
     }
 }
 
-template <typename T, int kHead> void launch_tiled(const AttnArgs<T>& a, void* stream) {
+template <typename T, int G> void launch_tiled(const AttnArgs<T>& a, void* stream) {
     const size_t per_key = size_t(a.D + a.Dv) * sizeof(T);
     const int KT = int(std::min<size_t>(kMaxKeyTile, kSharedBytes / per_key));
     const dim3 grid((a.Q + kRows - 1) / kRows, a.H, a.route.B);
-    launch(attention_fwd_kernel<T, kHead>, grid, kRows, KT * per_key, stream, a, KT);
+    launch(attention_fwd_kernel<T, G>, grid, kRows * G, KT * per_key, stream, a, KT);
 }
 
 }  // namespace
@@ -207,6 +218,7 @@ template <typename T, int kHead> void launch_tiled(const AttnArgs<T>& a, void* s
 template <typename T> void attention_fwd_cuda(const AttnArgs<T>& a, void* stream) {
     // attention_ops.cpp checks these first with a message for the user; the launcher refuses too, since
     // the kernel's registers hold one row of each (and returning would leave `out` uninitialised).
+    static_assert(kCudaMaxHead == 8 * kChan, "eight threads of kChan channels hold a row of the largest head");
     if (a.D < 1 || a.D > kCudaMaxHead || a.Dv < 1 || a.Dv > kCudaMaxHead)
         throw std::invalid_argument("attention_fwd_cuda: head dims " + std::to_string(a.D) + ", " + std::to_string(a.Dv) +
                                     " outside 1.." + std::to_string(kCudaMaxHead));
@@ -214,11 +226,12 @@ template <typename T> void attention_fwd_cuda(const AttnArgs<T>& a, void* stream
         if (!a.edit_values) throw std::invalid_argument("attention_fwd_cuda: an edit needs the edit_values workspace");
         launch(edit_values_kernel<T>, dim3((a.Dv + 63) / 64, a.H, a.route.B), 64, 0, stream, a);
     }
-    // Register rows sized for the head dims of the usual models (SD: 40/64/80/160).
+    // As few threads per row as hold its head dims (SD's 40/80/160: 2/4/8 threads of 20 channels).
     const int head = std::max(a.D, a.Dv);
-    if (head <= 64) launch_tiled<T, 64>(a, stream);
-    else if (head <= 160) launch_tiled<T, 160>(a, stream);
-    else launch_tiled<T, kCudaMaxHead>(a, stream);
+    if (head <= kChan) launch_tiled<T, 1>(a, stream);
+    else if (head <= 2 * kChan) launch_tiled<T, 2>(a, stream);
+    else if (head <= 4 * kChan) launch_tiled<T, 4>(a, stream);
+    else launch_tiled<T, 8>(a, stream);
 }
 
 template void attention_fwd_cuda<float>(const AttnArgs<float>&, void*);
