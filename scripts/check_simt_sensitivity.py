@@ -73,16 +73,47 @@ FAULTS = {
     ),
     "attention-row-offset": (
         "csrc/attention/attention.cu",
-        "T* o = a.out + (bh * Q + q) * Dv;",
-        "T* o = a.out + (bh * Q + q) * D;",
+        "T* out = a.out + (bh * Q + row) * Dv;",
+        "T* out = a.out + (bh * Q + row) * D;",
         "output rows at the query head dim's stride instead of the value head dim's",
+    ),
+    "attention-tile-barrier": (
+        "csrc/attention/attention.cu",
+        "        __syncthreads();  // the previous tile is consumed\n        stage_tile(p, n0, nt, KT, D, Dv, true, s);",
+        "        stage_tile(p, n0, nt, KT, D, Dv, true, s);",
+        "the next key tile is staged while other threads still read the last one",
+    ),
+    "attention-no-rescale": (
+        "csrc/attention/attention.cu",
+        "acc[i] = acc[i] * r + s[vj + ln.chan(i)];",
+        "acc[i] = acc[i] + s[vj + ln.chan(i)];",
+        "the online softmax forgets to rescale the sum when the row maximum grows",
+    ),
+    "attention-edit-transposed": (
+        "csrc/attention/attention.cu",
+        "u[(int64_t)a.edit.rows[j] * Dv] += a.edit.vals[j] * vn;",
+        "u[(int64_t)n * Dv] += a.edit.vals[j] * v[(int64_t)a.edit.rows[j] * Dv];",
+        "the cross edit's matrix applied transposed to the values",
+    ),
+    "attention-lane-sum": (
+        "csrc/attention/attention.cu",
+        "for (int off = G / 2; off > 0; off /= 2)",
+        "for (int off = G / 2; off > 1; off /= 2)",
+        "a row's score sums half of the threads that hold its channels",
+    ),
+    "attention-store-tile-offset": (
+        "csrc/attention/attention.cu",
+        "atomicAdd(st_row + n0 + j, p);",
+        "atomicAdd(st_row + j, p);",
+        "the map store adds every key tile to the first tile's columns",
     ),
 }
 
 # A fast subset that still reaches every kernel: the edge cases (binning, batches over 256 splats,
-# empty tiles), the three tile sizes and the attention edits.
+# empty tiles), the three tile sizes, the attention edits and the attention's multi-tile head dims.
 DEFAULT_TESTS = ("tests/test_simt_kernels.py -x -q -p no:cacheprovider "
-                 "-k 'test_edge_cases and RGB- or test_tile_sizes or test_attention_every_edit and replace'")
+                 "-k 'test_edge_cases and RGB- or test_tile_sizes or test_attention_every_edit and replace "
+                 "or test_attention_head_dims'")
 
 
 def copy_tree(work: str) -> str:

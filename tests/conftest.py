@@ -87,7 +87,8 @@ def pytest_collection_modifyitems(config, items):
     """Marks every test that executes the CUDA kernels through the harness with `simt`."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if params.get("kernel_backend") == "simt" or os.path.basename(str(item.fspath)).startswith("test_simt_"):
+        on_harness = params.get("kernel_backend") == "simt" or params.get("schedule") == "simt"  # schedule: test_edit_kernel
+        if on_harness or os.path.basename(str(item.fspath)).startswith("test_simt_"):
             item.add_marker(pytest.mark.simt)
 
 

@@ -130,8 +130,8 @@ def test_covars_and_sh_degrees(sh_degree):
 @pytest.mark.parametrize("name", list(_edits(13, 1)) + ["self", "plain"])
 @pytest.mark.parametrize("stored", [False, True])
 def test_attention_every_edit(name, stored):
-    """The CUDA attention kernel (one thread per query row; 37 rows in a block of 128 threads) against the
-    reference processor."""
+    """The tiled CUDA attention kernel (37 query rows in a block of 64; 13 keys, or 37 for "self", in one
+    tile) against the reference processor."""
     from gsplat_kit.edit.kernel import fused_attention, reference_attention
 
     B, P, Q, K, D, Dv = 4, 2, 37, 13, 8, 12  # D != Dv: a row stride of the wrong head dim shows
@@ -150,9 +150,32 @@ def test_attention_every_edit(name, stored):
         assert (st_f - st_r).abs().max() <= 1e-5 and st_r.abs().sum() > 0
 
 
-def test_attention_value_dim_above_the_cuda_limit_is_an_error():
+@pytest.mark.parametrize("D, Dv", [(8, 12), (40, 64), (80, 100), (256, 200)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_attention_head_dims(D, Dv, dtype):
+    """A query row is split over 1, 2, 4 or 8 threads by head channel (warp sums of its scores), and the key
+    tiles shrink as the head dims grow (float64 at 256 + 200: 13 keys a tile, 6 tiles); each on an edit
+    whose map is stored."""
+    from gsplat_kit.edit.kernel import fused_attention, reference_attention
+
+    B, P, Q, K = 4, 2, 9, 77
+    q, k, v = _qkv(B, Q, K, D, Dv, dtype=dtype, seed=D)
+    edit = _edits(K, P - 1)["replace+reweight"]
+    st_f, st_r = (torch.zeros(P, Q, K, dtype=dtype) for _ in range(2))
+    with on_backend("simt"):
+        out_f = fused_attention(q, k, v, 0.1, H, _plan("cross", B, P, edit, st_f))
+    out_r = reference_attention(q, k, v, 0.1, H, _plan("cross", B, P, edit, st_r))
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert (out_f - out_r).abs().max() <= tol
+    assert (st_f - st_r).abs().max() <= tol and st_r.abs().sum() > 0
+
+
+def test_attention_head_dims_above_the_cuda_limit_are_errors():
     from gsplat_kit import _backend
 
     q, k, v = _qkv(1, 4, 5, 4, 257)
     with on_backend("simt"), pytest.raises(RuntimeError, match="value head dim 257 above the CUDA kernel's 256"):
+        _backend.ops().attention_forward(q, k, v, H, 1.0, [-1], [-1])
+    q, k, v = _qkv(1, 4, 5, 257, 4)
+    with on_backend("simt"), pytest.raises(RuntimeError, match="query/key head dim 257 above the CUDA kernel's 256"):
         _backend.ops().attention_forward(q, k, v, H, 1.0, [-1], [-1])

@@ -7,7 +7,7 @@ import os
 import pytest
 
 import gsplat_kit.scene.splats as splats_mod
-import gsplat_kit.train.trainer as trainer_mod
+import gsplat_kit.train.loop as loop_mod
 from gsplat_kit.cli import main
 from gsplat_kit.common.errors import UserError
 from gsplat_kit.train.config import TrainConfig
@@ -59,7 +59,7 @@ def no_loading(monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("data was loaded before the options were checked")
 
-    monkeypatch.setattr(trainer_mod, "load_scene", forbidden)
+    monkeypatch.setattr(loop_mod, "load_scene", forbidden)     # the trainers load their scene through it
     monkeypatch.setattr(splats_mod, "load_splats", forbidden)
 
 

@@ -21,10 +21,12 @@ template <typename T> struct AttnArgs {
     EditCols<T> edit;  // col_ptr == nullptr when no element has a slot
     T* store;          // nullptr: nothing stored
     T* out;
+    T* edit_values;    // CUDA only: [B*H, K, Dv] workspace for the edited values (when an element has a slot)
 };
 
-// Largest value head dim of the CUDA kernel (a per-thread accumulator; SD head dims are 40..160).
-constexpr int kCudaMaxDv = 256;
+// Largest query/key and value head dims of the CUDA kernel (a thread holds a row of each in registers;
+// SD's head dims are 40..160).
+constexpr int kCudaMaxHead = 256;
 
 template <typename T> void attention_fwd_cpu(const AttnArgs<T>& a);
 // Whether torch's BLAS (sgemm_/dgemm_) is linked for the CPU products, and a switch to the plain loops

@@ -85,9 +85,14 @@ Tensor attention_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_, i
     k = k.contiguous();
     v = v.contiguous();
     Tensor out = at::empty({BH, Q, Dv}, q.options());
-    if (kCuda)
-        TORCH_CHECK(Dv <= gk::attn::kCudaMaxDv, "attention_forward: value head dim ", Dv, " above the CUDA kernel's ",
-                    gk::attn::kCudaMaxDv);
+    if (kCuda) {
+        TORCH_CHECK(Dv <= gk::attn::kCudaMaxHead, "attention_forward: value head dim ", Dv, " above the CUDA kernel's ",
+                    gk::attn::kCudaMaxHead);
+        TORCH_CHECK(D <= gk::attn::kCudaMaxHead, "attention_forward: query/key head dim ", D, " above the CUDA kernel's ",
+                    gk::attn::kCudaMaxHead);
+    }
+    // The CUDA kernel applies a cross edit to the values (attention.cu): a workspace for them.
+    const Tensor edit_values = kCuda && any_slot ? at::empty({BH, K, Dv}, q.options()) : Tensor();
     return GK_DISPATCH_FLOAT(dt, "attention_forward", [&] {
         gk::attn::AttnArgs<scalar_t> a{};
         a.B = int(B); a.H = int(heads); a.Q = int(Q); a.K = int(K); a.D = int(D); a.Dv = int(Dv);
@@ -97,6 +102,7 @@ Tensor attention_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_, i
             a.edit = {col_ptr->data_ptr<int32_t>(), rows->data_ptr<int32_t>(), vals->data_ptr<scalar_t>(), c->data_ptr<scalar_t>(), int(K)};
         a.store = store ? store->data_ptr<scalar_t>() : nullptr;
         a.out = out.data_ptr<scalar_t>();
+        a.edit_values = edit_values.defined() ? edit_values.data_ptr<scalar_t>() : nullptr;
         a.q = q.data_ptr<scalar_t>();
         a.k = k.data_ptr<scalar_t>();
         a.v = v.data_ptr<scalar_t>();

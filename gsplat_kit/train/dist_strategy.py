@@ -42,6 +42,9 @@ class ShardedStrategy:
         self.strategy, self.comm = strategy, comm
         self.sizes: list[int] = [0] * comm.world
 
+    def to_dict(self) -> dict:
+        return self.strategy.to_dict()
+
     def initialize_state(self, scene_scale: float = 1.0) -> dict:
         return self.strategy.initialize_state(scene_scale=scene_scale)
 

@@ -41,8 +41,9 @@ from gsplat_kit.common.errors import UserError
 from gsplat_kit.render._wrapper import _Projection, _RasterizeToPixels, _SphericalHarmonics, isect_tiles
 from gsplat_kit.scene.splats import Splats
 from gsplat_kit.train.config import TrainConfig
-from gsplat_kit.train.rendering import cpu_threads, resolve_device
-from gsplat_kit.train.schedules import exponential_lr, sh_degree_at
+from gsplat_kit.train.loop import TrainerBase, TrainingDiverged, peak_memory_mb, seed_everything
+from gsplat_kit.train.rendering import resolve_device
+from gsplat_kit.train.schedules import sh_degree_at
 
 SPLAT_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 ADAM_ROWS = ("exp_avg", "exp_avg_sq")            # Adam's per-row moments (its "step" is shared by all rows)
@@ -453,10 +454,10 @@ def _resharded(folder: Path, old_world: int, comm: Comm) -> dict:
 
 # ---- the trainer ------------------------------------------------------------------------------------------
 
-class DistributedTrainer:
+class DistributedTrainer(TrainerBase):
     """`DistributedTrainer(cfg, dcfg, comm, device, out).train()` on every rank of a process group (see
-    `train_distributed` for the whole launch). Reuses the single-process pieces: TrainConfig, the
-    initialisation, the strategies (through dist_strategy), the loss, the schedules and the evaluation.
+    `train_distributed` for the whole launch). Shares the single-process trainer's step, loop and report
+    (`TrainerBase`), TrainConfig, the initialisation and the strategies (through dist_strategy).
     `scene` may be given directly (as for Trainer), and `shard`, this rank's initial Gaussians, instead of
     the initialisation from the scene's points (a scene too large to initialise in one process)."""
 
@@ -465,35 +466,22 @@ class DistributedTrainer:
         from gsplat_kit.train.dist_strategy import ShardedStrategy
         from gsplat_kit.train.init import init_splats
         from gsplat_kit.train.strategy import make_strategy
-        from gsplat_kit.train.trainer import seed_everything
 
         self.cfg, self.dcfg, self.comm, self.device = cfg.validate(), dcfg, comm, device
         self.out = out or cfg.out
-        if device.type == "cpu":
-            torch.set_num_threads(cpu_threads(cfg.num_threads))
-        if scene is None:
-            from gsplat_kit.scene import load_scene
-
-            scene = load_scene(cfg.data, data_factor=cfg.data_factor, test_every=cfg.test_every,
-                               white_background=cfg.white_background)
-        if not scene.train_views:
-            raise UserError(f"{cfg.data}: no training views")
+        self._use_threads()
+        self._use_scene(scene)
+        scene = self.scene
         sizes = {(v.width, v.height) for v in scene.train_views}
         if len(sizes) > 1:
             raise UserError(f"{cfg.data}: --distributed renders a batch at one image size, but the training views have "
                             f"{len(sizes)} sizes ({sorted(sizes)[:3]}...)")
         self.width, self.height = sizes.pop()
-        self.scene = scene
-        self.scene_scale = float(scene.scene_scale)
-        self.background = None if scene.background is None else torch.as_tensor(scene.background, dtype=torch.float32)
-        if cfg.random_background and self.background is not None:
-            raise UserError(f"{cfg.data}: random_background conflicts with the scene's fixed background")
         self.batch_size = dcfg.batch_size or comm.world
         self.owners = camera_owners(self.batch_size, comm.world)
         self.mine = [b for b, o in enumerate(self.owners) if o == comm.rank]
         self.strategy = ShardedStrategy(make_strategy(cfg.strategy, **cfg.strategy_options), comm)
         self.sampler = BatchSampler(len(scene.train_views), self.batch_size, cfg.seed)
-        self._images: dict[int, torch.Tensor] = {}
         self.step, self.elapsed, self.last_ckpt = 0, 0.0, None
         seed_everything(cfg.seed + comm.rank)
 
@@ -504,36 +492,26 @@ class DistributedTrainer:
         if found is not None:
             self._restore(*found)
         elif shard is not None:
-            self.splats = {k: torch.nn.Parameter(shard[k].to(device)) for k in SPLAT_KEYS}
-            self.optimizers = self._make_optimizers()
-            self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
+            self._start_from({k: torch.nn.Parameter(shard[k].to(device)) for k in SPLAT_KEYS})
         else:
             full = init_splats(scene.points, scene.points_rgb, cfg.sh_degree, cfg.init_opacity, cfg.init_scale, "cpu")
-            self.splats = {k: torch.nn.Parameter(shard_of(v.data, comm).clone().to(device)) for k, v in full.items()}
-            self.optimizers = self._make_optimizers()
-            self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
+            self._start_from({k: torch.nn.Parameter(shard_of(v.data, comm).clone().to(device)) for k, v in full.items()})
         self.strategy.sizes = comm.sizes(len(self.splats["means"]))
         self.strategy.check_sanity(self.splats, self.optimizers)
 
     # --- setup ---------------------------------------------------------------------------------------
+    # gsplat's Adam for a batch of B cameras: lr x sqrt(B), eps / sqrt(B), betas 1 - B (1 - beta) (kept >= 0)
     def learning_rates(self) -> dict:
-        """3DGS's per-attribute rates times sqrt(batch size) (gsplat's rule for a batch of cameras)."""
-        from gsplat_kit.train.trainer import Trainer
+        return {k: lr * math.sqrt(self.batch_size) for k, lr in self.base_learning_rates().items()}
 
-        return {k: lr * math.sqrt(self.batch_size) for k, lr in Trainer._lrs(self).items()}
-
-    def _make_optimizers(self) -> dict:
-        # gsplat's Adam for a batch of B: lr x sqrt(B), eps / sqrt(B), betas 1 - B (1 - beta) (kept >= 0)
+    def adam_options(self) -> dict:
         B = self.batch_size
-        betas = (max(1.0 - B * 0.1, 0.0), max(1.0 - B * 0.001, 0.0))
-        return {k: torch.optim.Adam([{"params": [self.splats[k]], "lr": lr, "name": k}], eps=1e-15 / math.sqrt(B),
-                                    betas=betas) for k, lr in self.learning_rates().items()}
+        return {"eps": 1e-15 / math.sqrt(B), "betas": (max(1.0 - B * 0.1, 0.0), max(1.0 - B * 0.001, 0.0))}
 
     def _restore(self, folder: Path, old_world: int):
         """Continues bit for bit from a checkpoint of the same world size; one written by another number of
         ranks is resharded (the same Gaussians, moments and batches; each rank's random stream restarts)."""
         from gsplat_kit.common.safe_load import load_torch_data
-        from gsplat_kit.train.trainer import seed_everything
 
         path = shard_file(folder, self.comm.rank, self.comm.world)
         if old_world == self.comm.world:
@@ -543,31 +521,15 @@ class DistributedTrainer:
             if self.comm.rank == 0:
                 print(f"resume: {folder} was written by {old_world} ranks; resharded onto {self.comm.world} (the run "
                       f"continues, but not bit for bit: each rank's random stream restarts)", file=sys.stderr)
-        if ck["config"].get("strategy") != self.cfg.strategy:
-            raise UserError(f"{path} was trained with strategy {ck['config'].get('strategy')!r}, "
-                            f"not {self.cfg.strategy!r}")
+        self._check_strategy(ck, path)
         if ck["batch_size"] != self.batch_size:
             raise UserError(f"{path} was trained with --batch-size {ck['batch_size']}, not {self.batch_size}")
-        self.splats = {k: torch.nn.Parameter(v.to(self.device)) for k, v in ck["splats"].items()}
-        self.optimizers = self._make_optimizers()
-        for k, o in self.optimizers.items():
-            o.load_state_dict(ck["optimizers"][k])
-        self.strategy_state = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
-                               for k, v in ck["strategy_state"].items()}
+        self._restore_params(ck, folder)
         self.sampler.load_state_dict(ck["sampler"])
         if old_world == self.comm.world:
             _set_rng_state(ck["rng"], self.device)
         else:
             seed_everything(self.cfg.seed + self.comm.rank + 1_000_003 * int(ck["step"]))
-        self.step, self.elapsed, self.last_ckpt = int(ck["step"]), float(ck["elapsed"]), str(folder)
-
-    def _image(self, i: int) -> torch.Tensor:
-        from gsplat_kit.train.evaluation import load_image_tensor
-
-        if i not in self._images:   # uint8 on the device, as the single-process trainer keeps them
-            img = load_image_tensor(self.scene.train_views[i])
-            self._images[i] = (img * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).to(self.device)
-        return self._images[i].float() / 255.0
 
     @property
     def num_gaussians(self) -> int:
@@ -576,8 +538,6 @@ class DistributedTrainer:
     # --- checkpoints ---------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Every rank writes its shard (atomically); the checkpoint is complete once all are written."""
-        from gsplat_kit.train.trainer import TrainingDiverged
-
         bad = sum(int(not torch.isfinite(v).all()) for v in self.splats.values())
         if int(self.comm.all_sum(torch.tensor([bad], device=self.device))[0]):
             raise TrainingDiverged(f"parameters are not finite at step {self.step}; not writing a checkpoint (the last "
@@ -603,66 +563,36 @@ class DistributedTrainer:
     # --- loop ----------------------------------------------------------------------------------------
     def train_steps(self, until: int | None = None):
         """Runs steps self.step .. until-1 (default cfg.steps) on every rank."""
-        from tqdm import tqdm
-
-        from gsplat_kit.train.losses import photometric_loss
-        from gsplat_kit.train.trainer import TrainingDiverged
-
         cfg, comm, B = self.cfg, self.comm, self.batch_size
-        until = cfg.steps if until is None else until
-        lr0 = self.learning_rates()["means"]
         mode = "antialiased" if cfg.antialiased else "classic"
         dtype = self.splats["means"].dtype
-        bar = tqdm(total=until, initial=self.step, desc="train", disable=not (cfg.progress and comm.rank == 0),
-                   dynamic_ncols=True)
-        t0 = time.perf_counter()
-        try:
-            while self.step < until:
-                step = self.step
-                idx = self.sampler.next()
-                views = [self.scene.train_views[i] for i in idx]
-                viewmats = torch.stack([torch.as_tensor(v.viewmat) for v in views]).to(self.device, dtype)
-                Ks = torch.stack([torch.as_tensor(v.K) for v in views]).to(self.device, dtype)
-                if cfg.random_background:
-                    bgs = self.sampler.random_colors()
-                else:
-                    bgs = None if self.background is None else self.background[None].expand(B, 3)
-                bgs = None if bgs is None else bgs.to(self.device, dtype)
-                means_lr = exponential_lr(step, lr0, lr0 * cfg.means_lr_final_factor, cfg.steps)
-                for g in self.optimizers["means"].param_groups:
-                    g["lr"] = means_lr
-                rgb, _, info = render_batch(self.splats, viewmats, Ks, self.width, self.height, self.owners,
-                                            sh_degree_at(step, cfg.sh_degree, cfg.sh_degree_interval), comm, bgs,
-                                            cfg.near_plane, cfg.far_plane, mode)
-                self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, step, info)
-                loss = sum(photometric_loss(rgb[j:j + 1], self._image(idx[b])[None].to(dtype), cfg.ssim_lambda)[0]
-                           for j, b in enumerate(self.mine)) / B
-                reg = self.strategy.regularization(self.splats)
-                if reg is not None:
-                    loss = loss + reg
-                loss_v = float(comm.all_sum(loss.detach().reshape(1))[0])
-                if not math.isfinite(loss_v):
-                    raise TrainingDiverged(f"loss became {loss_v} at step {step}; the last complete checkpoint is "
-                                           f"{self.last_ckpt or 'none'}: lower the learning rates or resume from it")
-                loss.backward()
-                for o in self.optimizers.values():
-                    o.step()
-                    o.zero_grad(set_to_none=True)
-                self.strategy.step_post_backward(self.splats, self.optimizers, self.strategy_state, step, info,
-                                                 lr=means_lr)
-                self.strategy.sizes = rebalance(self.splats, self.optimizers, self.strategy_state, comm,
-                                                self.dcfg.rebalance_tol)
-                self.step += 1
-                if self.step % 10 == 0 or self.step == until:
-                    bar.set_postfix(loss=f"{loss_v:.4f}", n=self.num_gaussians, refresh=False)
-                bar.update(1)
-                if cfg.ckpt_every and self.out and self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:
-                    self.elapsed += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    self.save_checkpoint()
-        finally:
-            self.elapsed += time.perf_counter() - t0
-            bar.close()
+
+        def one_step(step: int):
+            idx = self.sampler.next()
+            views = [self.scene.train_views[i] for i in idx]
+            viewmats = torch.stack([torch.as_tensor(v.viewmat) for v in views]).to(self.device, dtype)
+            Ks = torch.stack([torch.as_tensor(v.K) for v in views]).to(self.device, dtype)
+            if cfg.random_background:
+                bgs = self.sampler.random_colors()
+            else:
+                bgs = None if self.background is None else self.background[None].expand(B, 3)
+            bgs = None if bgs is None else bgs.to(self.device, dtype)
+            rgb, _, info = render_batch(self.splats, viewmats, Ks, self.width, self.height, self.owners,
+                                        sh_degree_at(step, cfg.sh_degree, cfg.sh_degree_interval), comm, bgs,
+                                        cfg.near_plane, cfg.far_plane, mode)
+            self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, step, info)
+            loss = sum(self._view_loss(rgb[j:j + 1], self._image(idx[b])[None].to(dtype), views[b])
+                       for j, b in enumerate(self.mine)) / B
+            reg = self.strategy.regularization(self.splats)
+            if reg is not None:
+                loss = loss + reg
+            loss_v = float(comm.all_sum(loss.detach().reshape(1))[0])
+            self._backward_and_step(loss, loss_v, step, info, where=f" (views {', '.join(str(v.name) for v in views)})")
+            self.strategy.sizes = rebalance(self.splats, self.optimizers, self.strategy_state, comm,
+                                            self.dcfg.rebalance_tol)
+            return loss_v, None
+
+        self._run_steps(until, one_step, cfg.progress and comm.rank == 0)
 
     def gathered_splats(self) -> dict | None:
         """All shards' parameters in global order, on rank 0 (None on the others)."""
@@ -672,21 +602,12 @@ class DistributedTrainer:
     def train(self) -> dict | None:
         """The whole job; rank 0 writes config.json, point_cloud.ply (gathered), eval/ and metrics.json and
         returns the metrics, the other ranks return None."""
-        from gsplat_kit.train.trainer import peak_memory_mb
-
-        cfg, comm = self.cfg, self.comm
+        comm = self.comm
         start_step = self.step
         if comm.rank == 0:
-            resolved = {**cfg.to_dict(), "resume": None, "resolved": {   # reusable with --config, as Trainer's
-                "device": str(self.device), "scene_scale": self.scene_scale,
-                "strategy": self.strategy.strategy.to_dict(),
-                "learning_rates": self.learning_rates(), "num_train_views": len(self.scene.train_views),
-                "num_test_views": len(self.scene.test_views), "num_init_points": int(len(self.scene.points)),
-                "resumed_from": self.last_ckpt, "resumed_at_step": start_step,
-                "distributed": {**asdict(self.dcfg), "batch_size": self.batch_size, "world_size": comm.world,
-                                "backend": dist.get_backend() if dist.is_initialized() else None,
-                                "camera_owners": self.owners}}}
-            atomic.write_json(Path(self.out) / "config.json", resolved)
+            self._write_config(start_step, distributed={
+                **asdict(self.dcfg), "batch_size": self.batch_size, "world_size": comm.world,
+                "backend": dist.get_backend() if dist.is_initialized() else None, "camera_owners": self.owners})
         self.train_steps()
         self.save_checkpoint()
         per_rank = comm.all_gather(torch.tensor([len(self.splats["means"]), peak_memory_mb(self.device),
@@ -696,31 +617,13 @@ class DistributedTrainer:
         if comm.rank != 0:
             return None
         from gsplat_kit.train.export import write_ply
-        from gsplat_kit.train.evaluation import evaluate
 
         write_ply(os.path.join(self.out, "point_cloud.ply"), splats)
-        metrics = {"num_gaussians": int(len(splats["means"])), "steps": self.step, "batch_size": self.batch_size,
-                   "world_size": comm.world, "train_time_s": round(self.elapsed, 3),
-                   "steps_per_s": round(self.step / self.elapsed, 3) if self.elapsed > 0 else None,
-                   "steps_this_run": self.step - start_step, "device": str(self.device), "strategy": cfg.strategy,
-                   "gaussians_per_rank": [int(x) for x in per_rank[:, 0]],
-                   "peak_memory_mb_per_rank": [round(float(x), 1) for x in per_rank[:, 1]],
-                   "comm_time_s_per_rank": [round(float(x), 3) for x in per_rank[:, 2]]}
-        if cfg.eval:
-            views, note = self.scene.test_views, None
-            if not views:
-                views, note = self.scene.train_views, "no held-out views (test_every=0): scored on the training views"
-            t = time.perf_counter()
-            ev = evaluate({k: v.float() for k, v in splats.items()}, views, os.path.join(self.out, "eval"),
-                          self.background, cfg.lpips_weights,
-                          sh_degree_at(max(self.step - 1, 0), cfg.sh_degree, cfg.sh_degree_interval), cfg.progress)
-            metrics = {**{k: ev[k] for k in ("psnr", "ssim", "lpips", "lpips_note")}, **metrics,
-                       "num_test_views": ev["num_views"], "eval_time_s": round(time.perf_counter() - t, 3),
-                       "per_image": ev["per_image"]}
-            if note:
-                metrics["note"] = note
-        atomic.write_json(Path(self.out) / "metrics.json", metrics)
-        return metrics
+        return self._write_metrics(
+            {k: v.float() for k, v in splats.items()}, start_step, batch_size=self.batch_size, world_size=comm.world,
+            gaussians_per_rank=[int(x) for x in per_rank[:, 0]],
+            peak_memory_mb_per_rank=[round(float(x), 1) for x in per_rank[:, 1]],
+            comm_time_s_per_rank=[round(float(x), 3) for x in per_rank[:, 2]])
 
 
 def train_distributed(cfg: TrainConfig, dcfg: DistConfig, overwrite: bool = False) -> dict | None:
