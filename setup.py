@@ -168,8 +168,9 @@ def write_build_info(folder, info):
     os.replace(tmp, os.path.join(folder, "_build_info.json"))
 
 
-# What the package imports at run time, beyond torch. The pins CI uses are in requirements.txt; these
-# are the lowest versions known to work. Verbs whose libraries are extras say what to install.
+# What the package imports at run time, beyond torch (tests/test_wheel.py checks that every import is
+# covered). Lower bounds at the API generations the code is written for; CI runs the pins of
+# requirements.txt. The extras' libraries are imported only by their verbs.
 INSTALL_REQUIRES = [
     "numpy>=1.24", "scipy>=1.10", "Pillow>=10.0", "opencv-python-headless>=4.8", "plyfile>=1.0",
     "zstandard>=0.21", "tqdm>=4.60", "imageio>=2.30", "imageio-ffmpeg>=0.4.9",
