@@ -24,21 +24,22 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def _load_build_hash():
-    """gsplat_kit/_build_hash.py by path: importing the package would import torch (and a stale _C)."""
-    spec = importlib.util.spec_from_file_location("_gk_build_hash", os.path.join(ROOT, "gsplat_kit", "_build_hash.py"))
+def _load_by_path(name):
+    """gsplat_kit/<name>.py by path: importing the package would import torch (and a stale _C)."""
+    spec = importlib.util.spec_from_file_location("_gk" + name, os.path.join(ROOT, "gsplat_kit", name + ".py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-_build_hash = _load_build_hash()
+_build_hash = _load_by_path("_build_hash")
 # Turing .. Blackwell; the +PTX entry lets newer GPUs JIT the kernels.
 DEFAULT_CUDA_ARCH = "7.5;8.0;8.6;8.9;9.0;12.0+PTX"
 
@@ -159,13 +160,17 @@ def check_isa_object(obj, isa):
                  "with code for other CPUs: " + "; ".join(stray[:5]))
 
 
-def write_build_info(folder, info):
-    info = {"sources_sha256": _build_hash.sources_hash(ROOT), **info}
+def write_build_info(folder, info, started):
+    """info: with the hash of the sources as the build started. A source edited during the build leaves
+    the module stale, and the record older than the edit, so that make builds again."""
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, "_build_info.json.tmp")
     with open(tmp, "w") as f:
         json.dump(info, f)
     os.replace(tmp, os.path.join(folder, "_build_info.json"))
+    if _build_hash.sources_hash(ROOT) != info["sources_sha256"]:
+        os.utime(os.path.join(folder, "_build_info.json"), (started - 1, started - 1))
+        print("[gsplat_kit] csrc/ changed during the build: the module is stale; build again")
 
 
 # What the package imports at run time, beyond torch (tests/test_wheel.py checks that every import is
@@ -177,11 +182,7 @@ INSTALL_REQUIRES = [
     "pycolmap>=4.0",  # sfm, and scenes made of raw images
     "viser>=1.0",  # the viewer
 ]
-EXTRAS_REQUIRE = {
-    "edit": ["diffusers>=0.30", "transformers>=4.40", "safetensors>=0.4"],  # gsplat-kit edit
-    "synth": ["torch-pruning>=1.6"],  # gsplat-kit synth prune
-}
-EXTRAS_REQUIRE["all"] = sorted({r for reqs in EXTRAS_REQUIRE.values() for r in reqs})
+EXTRAS_REQUIRE = _load_by_path("_extras").extras_require()  # edit (diffusers, ...), synth (torch-pruning), all
 
 
 def torch_requirement(version):
@@ -214,13 +215,14 @@ def main():
             super().build_extension(e)
 
         def run(self):
+            started, info = time.time(), {"sources_sha256": _build_hash.sources_hash(ROOT), **ext.build_info}
             super().run()
             # Beside the module it describes: in the source tree for in-place (and editable) builds, in
             # the build folder that a wheel is made from otherwise.
             if self.inplace or getattr(self, "editable_mode", False):
-                write_build_info(os.path.join(ROOT, "gsplat_kit"), ext.build_info)
+                write_build_info(os.path.join(ROOT, "gsplat_kit"), info, started)
             if not self.inplace:
-                write_build_info(os.path.join(self.build_lib, "gsplat_kit"), ext.build_info)
+                write_build_info(os.path.join(self.build_lib, "gsplat_kit"), info, started)
 
     setup(
         name="gsplat_kit",

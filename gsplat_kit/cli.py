@@ -14,6 +14,7 @@ import importlib
 import sys
 
 from gsplat_kit._backend import NativeBuildError
+from gsplat_kit._extras import extra_for
 from gsplat_kit.common.errors import USER_OS_ERRORS, UserError, one_line
 
 # verb modules, in the order --help lists them
@@ -58,6 +59,13 @@ def main(argv=None) -> int:
         return int(args.func(args) or 0)
     except (UserError, NativeBuildError, *USER_OS_ERRORS) as e:  # a missing build: the message says how to build
         print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional dependency: name the extra that brings it
+        extra = extra_for(e.name)
+        if extra is None:
+            raise
+        print(f"error: gsplat-kit {args.verb} needs {e.name.split('.')[0]}, an optional dependency: "
+              f"pip install 'gsplat_kit[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -196,3 +196,29 @@ def test_run_folder_failed_before_writing_leaves_nothing(tmp_path):
         with RunFolder.claim(tmp_path / "kept", "train"):
             raise RuntimeError("bad --data")
     assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())  # the user's folder stays
+
+
+@pytest.mark.parametrize("missing, extra", [("diffusers.models", "edit"), ("torch_pruning", "synth")])
+def test_cli_names_the_extra_of_a_missing_optional_dependency(monkeypatch, capsys, missing, extra):
+    """A verb that meets an optional dependency missing ends in one line naming the extra (exit 2); any
+    other missing module stays a bug with its traceback."""
+    import argparse
+
+    from gsplat_kit import cli
+
+    def parser_raising(name):
+        def raise_missing(args):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+        p = argparse.ArgumentParser()
+        p.add_argument("verb")
+        p.set_defaults(func=raise_missing)
+        return lambda: p
+
+    monkeypatch.setattr(cli, "build_parser", parser_raising(missing))
+    assert cli.main(["edit"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"needs {missing.split('.')[0]}" in err and f"gsplat_kit[{extra}]" in err
+    monkeypatch.setattr(cli, "build_parser", parser_raising("no_such_module"))
+    with pytest.raises(ModuleNotFoundError):
+        cli.main(["edit"])
