@@ -142,3 +142,15 @@ def test_checkpoint_atomic_and_listing(tmp_path):
         ckpt.load_checkpoint(str(bad))
     with pytest.raises(FileNotFoundError):
         ckpt.load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_lpips_without_torchvision_is_one_clear_error(monkeypatch):
+    """torchvision is not a declared dependency (it must match the user's torch): LPIPS says what to install."""
+    import sys
+
+    from gsplat_kit.common.errors import UserError
+    from gsplat_kit.train.metrics import LPIPS
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision -> ModuleNotFoundError
+    with pytest.raises(UserError, match="LPIPS needs torchvision"):
+        LPIPS()

@@ -12,6 +12,7 @@ import os
 import torch
 import torch.nn as nn
 
+from gsplat_kit.common.errors import UserError
 from gsplat_kit.common.safe_load import load_torch_data
 from gsplat_kit.train.losses import psnr, ssim
 
@@ -32,7 +33,11 @@ class LPIPS(nn.Module):
 
     def __init__(self):
         super().__init__()
-        import torchvision
+        try:
+            import torchvision
+        except ModuleNotFoundError as e:  # not a declared dependency: it must be the build that matches torch
+            raise UserError(f"LPIPS needs torchvision, the release that matches torch {torch.__version__} "
+                            "(pip install torchvision, from the index that torch came from)") from e
 
         feats = torchvision.models.alexnet(weights=None).features
         self.slices = nn.ModuleList(nn.Sequential(*[feats[i] for i in range(a, b)]) for a, b in _SLICES)
