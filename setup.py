@@ -160,17 +160,16 @@ def check_isa_object(obj, isa):
                  "with code for other CPUs: " + "; ".join(stray[:5]))
 
 
-def write_build_info(folder, info, started):
-    """info: with the hash of the sources as the build started. A source edited during the build leaves
-    the module stale, and the record older than the edit, so that make builds again."""
+def write_build_info(folder, info, backdate=None):
+    """Writes info beside the module; backdate: a time to date the record at (before the build started,
+    when a source was edited during it: the module is stale, and make must see the record as older)."""
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, "_build_info.json.tmp")
     with open(tmp, "w") as f:
         json.dump(info, f)
+    if backdate is not None:
+        os.utime(tmp, (backdate, backdate))
     os.replace(tmp, os.path.join(folder, "_build_info.json"))
-    if _build_hash.sources_hash(ROOT) != info["sources_sha256"]:
-        os.utime(os.path.join(folder, "_build_info.json"), (started - 1, started - 1))
-        print("[gsplat_kit] csrc/ changed during the build: the module is stale; build again")
 
 
 # What the package imports at run time, beyond torch (tests/test_wheel.py checks that every import is
@@ -215,14 +214,19 @@ def main():
             super().build_extension(e)
 
         def run(self):
+            # The hash of the sources as the build starts: one edited during the build leaves it stale.
             started, info = time.time(), {"sources_sha256": _build_hash.sources_hash(ROOT), **ext.build_info}
             super().run()
+            backdate = None
+            if _build_hash.sources_hash(ROOT) != info["sources_sha256"]:
+                backdate = started - 1
+                print("[gsplat_kit] csrc/ changed during the build: the module is stale; build again")
             # Beside the module it describes: in the source tree for in-place (and editable) builds, in
             # the build folder that a wheel is made from otherwise.
             if self.inplace or getattr(self, "editable_mode", False):
-                write_build_info(os.path.join(ROOT, "gsplat_kit"), info, started)
+                write_build_info(os.path.join(ROOT, "gsplat_kit"), info, backdate)
             if not self.inplace:
-                write_build_info(os.path.join(self.build_lib, "gsplat_kit"), info, started)
+                write_build_info(os.path.join(self.build_lib, "gsplat_kit"), info, backdate)
 
     setup(
         name="gsplat_kit",
