@@ -78,13 +78,10 @@ def _synthesize(args) -> int:
     from .methods import make_config
     from .runner import synthesize
 
-    from .models import load_teacher
-
     make_config(args.method, args.batch_size, args.iterations, **overrides)   # field errors before any work
     _threads(args.threads)
     device = _device(args.device)
-    model, meta = load_teacher(args.teacher)      # a bad teacher file is refused before --out is claimed
-    teacher = (model, dict(meta, path=args.teacher))
+    teacher = _load_teacher(args.teacher)
     if args.distributed and args.overwrite:
         raise UserError("--distributed and --overwrite exclude each other (the ranks share one folder)")
     rank0 = True
@@ -126,16 +123,12 @@ def _synthesize(args) -> int:
 
 
 def _distill(args) -> int:
-    check_args("distill", args)
-    _quiet_openmp()
+    device, teacher = _kd_start("distill", args)
     from gsplat_kit.common import atomic
     from gsplat_kit.common.run_folder import RunFolder
 
     from .distill import distill
 
-    _threads(args.threads)
-    device = _device(args.device)
-    teacher = _teacher_and_images(args)
     run = RunFolder.claim(args.out, "distill", overwrite=args.overwrite, resumable=False) if args.out else None
     with run if run is not None else contextlib.nullcontext():
         save = args.save_student or (os.path.join(run.path, "student.pt") if run else None)
@@ -151,15 +144,11 @@ def _distill(args) -> int:
 
 
 def _prune(args) -> int:
-    check_args("prune", args)
-    _quiet_openmp()
+    device, teacher = _kd_start("prune", args)
     from gsplat_kit.common.run_folder import RunFolder
 
     from .prune import prune
 
-    _threads(args.threads)
-    device = _device(args.device)
-    teacher = _teacher_and_images(args)
     with RunFolder.claim(args.out, "prune", overwrite=args.overwrite, resumable=False) as run:
         res = prune(teacher, args.images, args.ratio, args.method, out=run.path, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed,
@@ -170,15 +159,26 @@ def _prune(args) -> int:
     return 0
 
 
-def _teacher_and_images(args):
-    """The teacher and a check that --images fits it, before an output folder is claimed."""
-    from .distill import load_synthetic
+def _load_teacher(path: str):
+    """(model, meta with its path): a bad teacher file is refused before an output folder is claimed."""
     from .models import load_teacher
 
-    model, meta = load_teacher(args.teacher)
-    meta = dict(meta, path=args.teacher)
+    model, meta = load_teacher(path)
+    return model, dict(meta, path=path)
+
+
+def _kd_start(verb: str, args):
+    """distill / prune, before an output folder is claimed: the argument checks, threads, the device, and
+    the teacher with a check that --images fits it. Returns (device, (model, meta))."""
+    check_args(verb, args)
+    _quiet_openmp()
+    from .distill import load_synthetic
+
+    _threads(args.threads)
+    device = _device(args.device)
+    model, meta = _load_teacher(args.teacher)
     load_synthetic(args.images, int(meta["num_classes"]), int(meta["image_size"]), meta.get("classes"))
-    return model, meta
+    return device, (model, meta)
 
 
 def _train_teacher(args) -> int:
